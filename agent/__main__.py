@@ -1,0 +1,245 @@
+"""`python -m agent COMMAND`: a thin typer app; every command calls the Python API in agent.api.
+
+Exit codes: 0 ok, 1 run failed (resumable), 2 bad input or usage, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any, Optional
+
+import typer
+
+from agent.errors import AgentError
+
+EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
+
+app = typer.Typer(
+    name="agent",
+    help="A chain-of-thought reasoning agent whose every step is a checkpoint in a real database.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+Db = Annotated[Optional[str], typer.Option(
+    "--db", help="Storage URL: sqlite:///path.db, memory://, postgresql://... "
+                 "[default: AGENT_DB_URL, agent.toml, else sqlite:///agent.db]", show_default=False)]
+Model = Annotated[Optional[str], typer.Option(
+    "--model", "-m", help="'offline' (built in, no key) or 'openai:<model-name>'. "
+                          "[default: the thread's own model, else AGENT_MODEL, agent.toml, else offline]",
+    show_default=False)]
+Structured = Annotated[Optional[str], typer.Option(
+    "--structured-output", help="How the model returns structured replies: json_schema or function_calling.",
+    show_default=False)]
+Thread = Annotated[str, typer.Option("--thread", "-t", help="Thread id: the name of this line of reasoning.")]
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text (for scripts).")]
+Debug = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")]
+
+
+def _redact(url: str) -> str:
+    """A storage URL safe to print: the password, if any, is masked."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not (sep and at and ":" in credentials):
+        return url
+    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def _fail(message: str, code: int) -> None:
+    _console(stderr=True).print(f"[bold red]error:[/] {message}", markup=True)
+    raise typer.Exit(code)
+
+
+def _guard(debug: bool, body: Callable[[], int]) -> None:
+    """Run a command body: known errors become one line on stderr and their exit code."""
+    try:
+        code = body()
+    except AgentError as exc:
+        if debug:
+            raise
+        _fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as exc:  # a bug or an unforeseen fault: still one line, unless asked for more
+        if debug or os.environ.get("AGENT_DEBUG"):
+            raise
+        _fail(f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", EXIT_FAILED)
+    raise typer.Exit(code)
+
+
+class _Progress:
+    """Follows a run's events: prints the reasoning as it happens (unless quiet) and knows where it stands."""
+
+    def __init__(self, quiet: bool):
+        self.out = None if quiet else _console()
+        self.plan: list[str] = []
+        self.done = 0
+        self.next = "analyze"
+
+    def __call__(self, event) -> None:
+        if event.kind in ("resume", "plan"):
+            self.plan, self.done = list(event.steps), event.number
+            self.next = "execute" if self.done < len(self.plan) else "validate"
+        elif event.kind == "step":
+            self.done = event.number
+            self.next = "execute" if self.done < len(self.plan) else "validate"
+        elif event.kind == "validation":
+            self.next = "end" if event.ok else "analyze"
+        if self.out is not None:
+            self._print(event)
+
+    def where(self) -> str:
+        position = f"after {self.done} of {len(self.plan)} steps" if self.plan else "before the plan was made"
+        return f"{position} (next: {self.next})"
+
+    def _print(self, event) -> None:
+        out = self.out
+        if event.kind == "resume":
+            out.print(f"[dim]Resuming from checkpoint {event.result[:13]}: "
+                      f"{event.number} of {len(event.steps)} steps already done, not run again.[/]")
+            for number, step in enumerate(event.steps, 1):
+                mark = "✓" if number <= event.number else " "
+                out.print(f"  {mark} {number}. {step}", markup=False)
+        elif event.kind == "plan":
+            title = "Plan" if not event.revision else f"Plan (revision {event.revision})"
+            out.print(f"[bold]{title}[/]")
+            for number, step in enumerate(event.steps, 1):
+                out.print(f"  {number}. {step}", markup=False)
+            if not event.steps:
+                out.print("  (no steps: the question cannot be answered)")
+        elif event.kind == "step":
+            out.print(f"[cyan]Step {event.number}[/] {_escape(event.description)} [bold]→ {_escape(event.result)}[/]")
+        elif event.kind == "validation":
+            mark = "[green]✓ ok[/]" if event.ok else "[yellow]✗ rejected[/]"
+            out.print(f"[magenta]Check[/]  {mark} {_escape(event.reason)}")
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _resume_hint(thread: str, db: str) -> str:
+    flag = "" if db == "sqlite:///agent.db" else f" --db '{_redact(db)}'"
+    return f"python -m agent resume --thread {thread}{flag}"
+
+
+def _report(result, settings, as_json: bool) -> int:
+    """Print a run's outcome and return the exit code it maps to."""
+    if as_json:
+        print(json.dumps(result.to_dict(), ensure_ascii=False))
+    else:
+        out = _console()
+        if result.from_store:
+            out.print(f"[dim]Thread {result.thread_id} is finished; this is its stored answer "
+                      "(no model call).[/]")
+        if result.status == "done":
+            out.print(f"[bold green]Answer:[/] {_escape(result.answer or '')}")
+        usage = result.usage
+        out.print(f"[dim]thread {result.thread_id} · {result.status} · {usage.llm_calls} model calls, "
+                  f"{usage.input_tokens} in / {usage.output_tokens} out tokens · "
+                  f"checkpoint {(result.checkpoint_id or '-')[:13]}[/]")
+    if result.status == "done":
+        return 0
+    err = _console(stderr=True)
+    reason = f"run failed: {result.error}" if result.status == "failed" else "run stopped before the end"
+    err.print(f"[bold red]error:[/] {_escape(reason)}; resume with: {_resume_hint(result.thread_id, settings.db)}")
+    return EXIT_FAILED
+
+
+def _exit_on_ctrl_c(progress: _Progress, thread: str, db: str) -> None:
+    """Ctrl+C during a run: say where it stopped and how to go on, then leave at once.
+
+    A model call in flight runs on a LangGraph worker thread that cannot be cancelled, and the main thread
+    waits for it; so the handler exits the process itself. That is as safe as the SIGKILL we already
+    survive: every finished step is committed, and the call in flight is simply made again on resume.
+    """
+
+    def handler(signum, frame):
+        print(f"Interrupted {progress.where()}. Resume with: {_resume_hint(thread, db)}", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)
+
+    signal.signal(signal.SIGINT, handler)
+
+
+def _open_agent(db: str | None, model: str | None, structured: str | None, create: bool = True):
+    from agent.api import Agent
+    from agent.models import make_model
+
+    agent = Agent(db=db, model=model, structured_output=structured, create=create)
+    if agent.settings.model:
+        make_model(agent.settings.model)  # a missing API key is reported before the database is touched
+    return agent
+
+
+def _run(db, model, structured, thread, as_json, call: Callable[[Any, Callable | None], Any],
+         create: bool = True) -> int:
+    agent = _open_agent(db, model, structured, create)
+    with agent:
+        progress = _Progress(quiet=as_json)
+        _exit_on_ctrl_c(progress, thread, agent.settings.db)
+        return _report(call(agent, progress), agent.settings, as_json)
+
+
+@app.command()
+def reason(
+    question: Annotated[str, typer.Argument(help="The question, e.g. \"What is 17*23+4?\"", show_default=False)],
+    thread: Thread,
+    new: Annotated[bool, typer.Option("--new", help="Start a new run on a thread that holds another question "
+                                                     "(its earlier runs stay in its history).")] = False,
+    db: Db = None,
+    model: Model = None,
+    structured_output: Structured = None,
+    as_json: Json = False,
+    debug: Debug = False,
+) -> None:
+    """Answer a question step by step, checkpointing every step.
+
+    Running the same command again resumes a thread that was cut short, or prints its stored answer.
+    """
+    def body() -> int:
+        from agent.api import clean_question
+
+        clean_question(question)  # an empty question is refused before the database is touched
+        return _run(db, model, structured_output, thread, as_json,
+                    lambda agent, printer: agent.reason(question, thread, new=new, on_event=printer))
+
+    _guard(debug, body)
+
+
+@app.command()
+def resume(
+    thread: Thread,
+    db: Db = None,
+    model: Model = None,
+    structured_output: Structured = None,
+    as_json: Json = False,
+    debug: Debug = False,
+) -> None:
+    """Continue a thread from its last checkpoint (after a crash, Ctrl+C or a failed model call)."""
+    _guard(debug, lambda: _run(db, model, structured_output, thread, as_json,
+                               lambda agent, printer: agent.resume(thread, on_event=printer), create=False))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

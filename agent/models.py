@@ -1,0 +1,43 @@
+"""Model specs -> LangChain chat models: "offline" (built in, deterministic) or "openai:<model-name>".
+
+`OPENAI_BASE_URL` points the OpenAI client at any compatible server (vLLM, Ollama, llama.cpp).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from agent.errors import ModelError
+
+if TYPE_CHECKING:
+    from langchain_core.language_models import BaseChatModel
+
+SPECS = "'offline' or 'openai:<model-name>' (e.g. openai:gpt-4o-mini)"
+# A hung endpoint must not hang a run forever; retries cover passing faults.
+REQUEST_TIMEOUT_S = 120
+
+
+def check_spec(spec: str) -> str:
+    """The spec, normalized, or a ModelError naming the accepted forms."""
+    spec = (spec or "").strip()
+    provider, _, name = spec.partition(":")
+    if spec == "offline" or (provider == "openai" and name.strip()):
+        return spec
+    raise ModelError(f"unknown model '{spec}': use {SPECS}")
+
+
+def make_model(spec: str) -> BaseChatModel:
+    spec = check_spec(spec)
+    if spec == "offline":
+        from agent.offline import OfflineChatModel
+
+        return OfflineChatModel()
+    if not os.environ.get("OPENAI_API_KEY"):
+        raise ModelError(
+            f"OPENAI_API_KEY is not set, so '{spec}' cannot be used: set it, "
+            "or run with --model offline (no key, no network)"
+        )
+    from langchain_openai import ChatOpenAI
+
+    return ChatOpenAI(model=spec.partition(":")[2].strip(), temperature=0, timeout=REQUEST_TIMEOUT_S)

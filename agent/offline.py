@@ -1,0 +1,283 @@
+"""The built-in `offline` model: a deterministic LangChain chat model that really solves arithmetic.
+
+It reads the same prompts a real model reads and answers through the same structured-output path.
+"""
+
+from __future__ import annotations
+
+import ast
+import decimal
+import json
+import re
+from fractions import Fraction
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.utils.function_calling import convert_to_openai_tool
+
+from graphs import prompts
+
+CANNOT_ANSWER = "cannot answer"
+
+# Words people write for operators, turned into symbols before parsing. Longest phrases first.
+_WORDS = [
+    (r"\bto the power of\b", "**"),
+    (r"\bmultiplied by\b", "*"),
+    (r"\bdivided by\b", "/"),
+    (r"\bmodulo\b|\bmod\b", "%"),
+    (r"\bplus\b", "+"),
+    (r"\bminus\b", "-"),
+    (r"\btimes\b", "*"),
+    (r"\bsquared\b", "**2"),
+    (r"\bcubed\b", "**3"),
+    ("×", "*"),
+    ("÷", "/"),
+    (r"\^", "**"),
+    ("−", "-"),
+]
+_EXPRESSION = re.compile(r"[\d.\s+\-*/%()]+")
+_OPERATOR = re.compile(r"\d\s*(\*\*|[+\-*/%])|[-(]\s*\d")
+# Bounds that keep a hostile question from eating memory: 9**9**9 is a short string.
+_MAX_EXPONENT = 1000
+_MAX_DIGITS = 4000
+
+
+class CannotAnswer(ValueError):
+    """The question or step is outside what the offline model can solve."""
+
+
+def extract_expression(question: str) -> str:
+    """The arithmetic expression inside a question, e.g. 'What is 17*23+4?' -> '17*23+4'."""
+    text = question.lower()
+    for pattern, symbol in _WORDS:
+        text = re.sub(pattern, f" {symbol} ", text)
+    text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)  # 1,000 -> 1000
+    candidates = [m.group().strip() for m in _EXPRESSION.finditer(text)]
+    candidates = [c.rstrip(".").strip() for c in candidates if _OPERATOR.search(c)]
+    if not candidates:
+        raise CannotAnswer("no arithmetic expression in the question")
+    return max(candidates, key=len)
+
+
+def _parse(expression: str) -> ast.expr:
+    try:
+        return ast.parse(expression, mode="eval").body
+    except SyntaxError:
+        raise CannotAnswer(f"'{expression}' is not a well-formed expression") from None
+
+
+def format_number(value: Fraction) -> str:
+    """Exact always: integers and terminating decimals as decimals, anything else as a fraction (1/3)."""
+    if value.denominator == 1:
+        return str(value.numerator)
+    rest = value.denominator
+    for factor in (2, 5):
+        while rest % factor == 0:
+            rest //= factor
+    if rest != 1:
+        return f"{value.numerator}/{value.denominator}"
+    with decimal.localcontext() as ctx:
+        ctx.prec = len(str(value.denominator)) + len(str(value.numerator)) + 2
+        return format(decimal.Decimal(value.numerator) / value.denominator, "f")
+
+
+def parse_number(text: str) -> Fraction:
+    try:
+        return Fraction(text.strip().rstrip(".").replace(" ", ""))
+    except (ValueError, ZeroDivisionError):
+        raise CannotAnswer(f"'{text}' is not a number") from None
+
+
+def _apply(op: str, a: Fraction, b: Fraction | None = None) -> Fraction:
+    if op == "add":
+        return a + b
+    if op == "subtract":
+        return a - b
+    if op == "multiply":
+        return a * b
+    if op == "negate":
+        return -a
+    if op in ("divide", "modulo") and b == 0:
+        raise CannotAnswer("division by zero")
+    if op == "divide":
+        return a / b
+    if op == "modulo":
+        return a % b
+    if b.denominator != 1 or abs(b) > _MAX_EXPONENT:
+        raise CannotAnswer(f"exponent {format_number(b)} is out of range")
+    if a == 0 and b < 0:
+        raise CannotAnswer("division by zero")
+    result = a**b.numerator
+    if max(len(str(result.numerator)), len(str(result.denominator))) > _MAX_DIGITS:
+        raise CannotAnswer("the result is too large")
+    return result
+
+
+_BINARY = {ast.Add: "add", ast.Sub: "subtract", ast.Mult: "multiply", ast.Div: "divide",
+           ast.Mod: "modulo", ast.Pow: "power"}
+
+
+def evaluate(expression: str) -> Fraction:
+    """Exact value of an expression, computed independently of any plan (used to validate)."""
+
+    def walk(node: ast.expr) -> Fraction:
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+            return Fraction(str(node.value))
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            value = walk(node.operand)
+            return -value if isinstance(node.op, ast.USub) else value
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+            return _apply(_BINARY[type(node.op)], walk(node.left), walk(node.right))
+        raise CannotAnswer("only numbers and + - * / % ** are understood")
+
+    return walk(_parse(expression))
+
+
+# A step's text names one operation on numbers or on earlier results. Each template is both
+# how the planner writes a step and how the executor reads one back, so they cannot drift.
+_OPERAND = r"(?:-?\d+(?:\.\d+)?|the result of step \d+)"
+_TEMPLATES = {
+    "add": "Add {a} and {b}",
+    "subtract": "Subtract {b} from {a}",
+    "multiply": "Multiply {a} by {b}",
+    "divide": "Divide {a} by {b}",
+    "modulo": "Take {a} modulo {b}",
+    "power": "Raise {a} to the power of {b}",
+    "negate": "Negate {a}",
+}
+
+
+def _step_pattern(template: str) -> re.Pattern[str]:
+    regex = re.escape(template).replace(r"\{a\}", f"(?P<a>{_OPERAND})").replace(r"\{b\}", f"(?P<b>{_OPERAND})")
+    return re.compile(f"^{regex}\\.?$", re.IGNORECASE)
+
+
+_STEP_PATTERNS = [(op, _step_pattern(template)) for op, template in _TEMPLATES.items()]
+
+
+def make_plan(question: str) -> list[str]:
+    """One step per operation, in the order precedence requires."""
+    steps: list[str] = []
+
+    def operand(node: ast.expr) -> str:
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+            return format_number(Fraction(str(node.value)))
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.UAdd):
+            return operand(node.operand)
+        if (isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub)
+                and isinstance(node.operand, ast.Constant)):
+            return "-" + operand(node.operand)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            steps.append(_TEMPLATES["negate"].format(a=operand(node.operand)))
+        elif isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+            a, b = operand(node.left), operand(node.right)
+            steps.append(_TEMPLATES[_BINARY[type(node.op)]].format(a=a, b=b))
+        else:
+            raise CannotAnswer("only numbers and + - * / % ** are understood")
+        return f"the result of step {len(steps)}"
+
+    expression = extract_expression(question)
+    evaluate(expression)  # refuse up front what cannot be computed (division by zero, huge powers)
+    operand(_parse(expression))
+    if not steps:
+        raise CannotAnswer("there is no operation to carry out")
+    return steps
+
+
+def execute_step(step: str, results: list[str]) -> str:
+    """Carry out one step of a plan, reading earlier results where the step refers to them."""
+
+    def value(text: str) -> Fraction:
+        ref = re.fullmatch(r"the result of step (\d+)", text, re.IGNORECASE)
+        if not ref:
+            return parse_number(text)
+        index = int(ref.group(1)) - 1
+        if not 0 <= index < len(results):
+            raise CannotAnswer(f"step {index + 1} has no result yet")
+        return parse_number(results[index])
+
+    for op, pattern in _STEP_PATTERNS:
+        match = pattern.match(step.strip())
+        if match:
+            args = [value(match.group(name)) for name in ("a", "b") if name in pattern.groupindex]
+            return format_number(_apply(op, *args))
+    raise CannotAnswer(f"the step '{step}' is not an operation I can carry out")
+
+
+def check_answer(question: str, draft: str) -> dict[str, Any]:
+    """Recompute the question from scratch and compare with the draft."""
+    try:
+        truth = evaluate(extract_expression(question))
+    except CannotAnswer as exc:
+        ok = draft.lower().startswith(CANNOT_ANSWER)
+        return {"ok": ok, "answer": f"{CANNOT_ANSWER}: {exc}", "reason": str(exc)}
+    expected = format_number(truth)
+    try:
+        drafted = parse_number(draft)
+    except CannotAnswer:
+        return {"ok": False, "answer": expected, "reason": f"the draft '{draft}' is not a number"}
+    ok = drafted == truth
+    reason = "recomputed independently: the draft matches" if ok else \
+        f"recomputed independently: expected {expected}, the draft says {draft}"
+    return {"ok": ok, "answer": expected, "reason": reason}
+
+
+def respond(task: str, prompt: str) -> dict[str, Any]:
+    """The structured answer for one request: `task` is the schema name, `prompt` the user text."""
+    fields = prompts.read_fields(prompt)
+    question = fields.get("question", "")
+    if task == prompts.Plan.__name__:
+        try:
+            return {"steps": make_plan(question), "reason": ""}
+        except CannotAnswer as exc:
+            return {"steps": [], "reason": str(exc)}
+    if task == prompts.StepResult.__name__:
+        try:
+            return {"result": execute_step(fields["step"], fields.get("results", []))}
+        except (CannotAnswer, KeyError) as exc:
+            return {"result": f"{CANNOT_ANSWER}: {exc}"}
+    if task == prompts.Verdict.__name__:
+        return check_answer(question, fields.get("draft", ""))
+    raise ValueError(f"the offline model has no answer for a '{task}' request")
+
+
+def count_tokens(text: str) -> int:
+    """A stable stand-in for a tokenizer: about one token per four characters, as OpenAI estimates."""
+    return max(1, (len(text) + 3) // 4)
+
+
+class OfflineChatModel(BaseChatModel):
+    """Answers plan / step / verdict requests by computing them; deterministic, no network."""
+
+    model_name: str = "offline"
+
+    @property
+    def _llm_type(self) -> str:
+        return "offline"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model_name": self.model_name}
+
+    def bind_tools(self, tools, *, tool_choice=None, **kwargs):
+        return self.bind(tools=[convert_to_openai_tool(t) for t in tools], tool_choice=tool_choice, **kwargs)
+
+    def _generate(self, messages: list[BaseMessage], stop=None, run_manager=None, **kwargs) -> ChatResult:
+        tools = kwargs.get("tools") or []
+        if len(tools) != 1:
+            raise ValueError("the offline model answers only structured requests (one tool)")
+        task = tools[0]["function"]["name"]
+        prompt = "\n".join(str(m.content) for m in messages)
+        answer = respond(task, str(messages[-1].content))
+        arguments = json.dumps(answer)
+        usage = {"input_tokens": count_tokens(prompt), "output_tokens": count_tokens(arguments)}
+        usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
+        message = AIMessage(
+            content="",
+            tool_calls=[{"name": task, "args": answer, "id": f"call_{task.lower()}", "type": "tool_call"}],
+            usage_metadata=usage,
+            response_metadata={"model_name": self.model_name},
+        )
+        return ChatResult(generations=[ChatGeneration(message=message)])

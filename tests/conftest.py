@@ -1,0 +1,88 @@
+"""Shared fixtures: a real Postgres server, a fresh database per test on each backend, the HTTP test model,
+and a way to run the CLI as a user would (a real `python -m agent` process)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from llm_server import LLMServer  # noqa: E402
+from pgserver import postgres_server  # noqa: E402
+
+BACKENDS = ["sqlite", "postgres"]
+
+
+@pytest.fixture(scope="session")
+def pg(tmp_path_factory):
+    """One real Postgres for the session (AGENT_TEST_POSTGRES_URL, else a throwaway embedded server)."""
+    with postgres_server(tmp_path_factory.mktemp("pg")) as server:
+        yield server
+
+
+def fresh_db_url(backend: str, request, tmp_path: Path) -> str:
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'agent.db'}"
+    server = request.getfixturevalue("pg")
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    url = server.create_database(name)
+    request.addfinalizer(lambda: server.drop_database(name))
+    return url
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request, tmp_path) -> str:
+    """An empty database of each backend, new for every test."""
+    return fresh_db_url(request.param, request, tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch):
+    """No setting of the developer's machine leaks into a test."""
+    for name in list(os.environ):
+        if name.startswith(("AGENT_", "OPENAI_")) and name != "AGENT_TEST_POSTGRES_URL":
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def llm(monkeypatch):
+    """The OpenAI-compatible HTTP test server, with this process's environment pointed at it."""
+    with LLMServer() as server:
+        for key, value in server.env().items():
+            monkeypatch.setenv(key, value)
+        yield server
+
+
+class CLI:
+    """Runs `python -m agent ...` in a working directory, as a person at a terminal would."""
+
+    def __init__(self, cwd: Path):
+        self.cwd = cwd
+
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENT_", "OPENAI_"))}
+        env.update(extra or {})
+        return env
+
+    def popen(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "agent", *args], cwd=self.cwd, env=self.env(env),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+
+    def __call__(self, *args: str, env: dict[str, str] | None = None, timeout: float = 120):
+        return subprocess.run(
+            [sys.executable, "-m", "agent", *args], cwd=self.cwd, env=self.env(env),
+            capture_output=True, text=True, timeout=timeout,
+        )
+
+
+@pytest.fixture
+def cli(tmp_path) -> CLI:
+    return CLI(tmp_path)

@@ -1,0 +1,88 @@
+"""The Python API other services use: Agent and AsyncAgent on SQLite and Postgres, from many threads and tasks."""
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from langgraph.checkpoint.base import BaseCheckpointSaver
+
+import savers
+from agent import Agent, AsyncAgent, QuestionMismatch, RunResult, ThreadNotFound, Usage
+
+QUESTIONS = {f"What is {a}*{b}+{a}?": str(a * b + a) for a, b in [(3, 4), (17, 23), (120, 7), (9, 9)]}
+
+
+def test_sync_agent_reasons_resumes_and_reports(db_url):
+    with Agent(db=db_url, model="offline") as agent:
+        result = agent.reason("What is 2+3*4?", thread="t1")
+        assert isinstance(result, RunResult)
+        assert (result.answer, result.status, result.thread_id) == ("14", "done", "t1")
+        assert result.checkpoint_id and result.usage == Usage(llm_calls=4, input_tokens=367, output_tokens=50)
+        again = agent.resume("t1")
+        assert again.from_store and again.answer == "14" and again.usage == result.usage
+        with pytest.raises(QuestionMismatch):
+            agent.reason("What is 1+1?", thread="t1")
+        with pytest.raises(ThreadNotFound):
+            agent.resume("t2")
+    # a new process (here: a new Agent) sees the same stored thread
+    with Agent(db=db_url) as agent:
+        assert agent.result("t1").answer == "14"
+
+
+def test_async_agent_is_the_same_api_awaited(db_url):
+    async def main():
+        async with AsyncAgent(db=db_url, model="offline") as agent:
+            events = []
+            result = await agent.reason("What is 17*23+4?", thread="a1", on_event=events.append)
+            assert result.answer == "395" and result.status == "done"
+            assert [e.kind for e in events] == ["plan", "step", "step", "validation"]
+            assert (await agent.resume("a1")).from_store
+            results = await asyncio.gather(*(agent.reason(q, thread=f"g{i}") for i, q in enumerate(QUESTIONS)))
+            assert [r.answer for r in results] == list(QUESTIONS.values())
+
+    asyncio.run(main())
+
+
+def test_one_agent_serves_many_threads_of_a_service(db_url):
+    jobs = [(q, f"thread-{i}-{n}") for n in range(4) for i, q in enumerate(QUESTIONS)]
+    with Agent(db=db_url, model="offline") as agent, ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda job: agent.reason(job[0], thread=job[1]), jobs))
+    assert [r.answer for r in results] == [QUESTIONS[q] for q, _ in jobs]
+    assert len({r.thread_id for r in results}) == len(jobs)
+
+
+def test_open_saver_yields_a_ready_langgraph_saver(db_url):
+    with savers.open_saver(db_url) as saver:
+        assert isinstance(saver, BaseCheckpointSaver)
+        assert list(saver.list({"configurable": {"thread_id": "none"}})) == []
+
+    async def main():
+        async with savers.open_async_saver(db_url) as saver:
+            assert isinstance(saver, BaseCheckpointSaver)
+            assert [c async for c in saver.alist({"configurable": {"thread_id": "none"}})] == []
+
+    asyncio.run(main())
+
+
+def test_memory_url_runs_without_a_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with Agent(db="memory://") as agent:
+        assert agent.reason("What is 6*7?", thread="m").answer == "42"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_model_call_is_recorded_and_resumable(db_url, llm):
+    """The endpoint disappears mid-run: status failed with the error, then resume finishes the thread."""
+    import os
+
+    good = os.environ["OPENAI_BASE_URL"]
+    with Agent(db=db_url, model="openai:gpt-4o-mini") as agent:
+        os.environ["OPENAI_BASE_URL"] = "http://127.0.0.1:9/v1"  # nothing listens on the discard port
+        agent._core._graphs.clear()
+        failed = agent.reason("What is 2*21?", thread="f")
+        assert failed.status == "failed" and "Connection" in failed.error
+        assert agent.result("f").status == "failed"
+        os.environ["OPENAI_BASE_URL"] = good
+        agent._core._graphs.clear()
+        done = agent.resume("f")
+    assert done.status == "done" and done.answer == "42"

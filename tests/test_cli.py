@@ -1,0 +1,150 @@
+"""The CLI as a person uses it: the README's main job, --json, stored answers, and one clear line for bad input."""
+
+import json
+import time
+
+import pytest
+
+QUESTION = "What is 17*23+4?"
+
+
+def one_error_line(result) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_readme_main_job_prints_the_reasoning_and_the_answer(cli):
+    result = cli("reason", QUESTION, "--thread", "t1", "--model", "offline")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    # the plan, each step with its result, the check, then the answer, in that order
+    positions = [out.index(text) for text in (
+        "Plan", "1. Multiply 17 by 23", "2. Add the result of step 1 and 4",
+        "Step 1", "→ 391", "Step 2", "→ 395", "Check", "✓ ok", "Answer: 395")]
+    assert positions == sorted(positions)
+    assert (cli.cwd / "agent.db").is_file()  # the default storage, in the working directory
+
+
+def test_json_output_has_the_documented_shape(cli):
+    result = cli("reason", "What is 2+3*4?", "--thread", "j", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["status"] == "done" and data["answer"] == "14" and data["thread_id"] == "j"
+    assert data["checkpoint_id"]
+    assert data["steps"] == [{"description": "Multiply 3 by 4", "result": "12"},
+                             {"description": "Add 2 and the result of step 1", "result": "14"}]
+    assert data["usage"]["llm_calls"] == 4
+    assert data["usage"]["input_tokens"] > 0 and data["usage"]["output_tokens"] > 0
+
+
+def test_a_finished_thread_answers_from_the_database_without_a_model_call(cli, llm, db_url):
+    args = ("reason", QUESTION, "--thread", "t1", "--db", db_url, "--model", "openai:gpt-4o-mini", "--json")
+    first = cli(*args, env=llm.env())
+    assert first.returncode == 0, first.stderr
+    calls = len(llm.requests)
+    assert calls == 4
+    again = cli(*args, env=llm.env())
+    assert again.returncode == 0, again.stderr
+    data = json.loads(again.stdout)
+    assert data["answer"] == "395" and data["from_store"] is True
+    assert len(llm.requests) == calls
+
+
+def test_a_different_question_on_a_thread_is_refused_unless_new(cli):
+    assert cli("reason", QUESTION, "--thread", "t1").returncode == 0
+    refused = cli("reason", "What is 1+1?", "--thread", "t1")
+    assert refused.returncode == 2
+    line = one_error_line(refused)
+    assert "t1" in line and "--new" in line
+    renewed = cli("reason", "What is 1+1?", "--thread", "t1", "--new", "--json")
+    assert renewed.returncode == 0, renewed.stderr
+    assert json.loads(renewed.stdout)["answer"] == "2"
+
+
+def test_storage_is_chosen_from_flag_then_env_then_agent_toml(cli, tmp_path):
+    (tmp_path / "agent.toml").write_text('db = "sqlite:///from_toml.db"\n')
+    assert cli("reason", "What is 1+2?", "--thread", "a").returncode == 0
+    assert (tmp_path / "from_toml.db").is_file() and not (tmp_path / "agent.db").exists()
+    assert cli("reason", "What is 1+2?", "--thread", "a", env={"AGENT_DB_URL": "sqlite:///from_env.db"}).returncode == 0
+    assert (tmp_path / "from_env.db").is_file()
+    assert cli("reason", "What is 1+2?", "--thread", "a", "--db", "sqlite:///from_flag.db",
+               env={"AGENT_DB_URL": "sqlite:///from_env.db"}).returncode == 0
+    assert (tmp_path / "from_flag.db").is_file()
+
+
+def test_structured_output_method_is_configurable(cli, llm, tmp_path):
+    for method, key in (("json_schema", "response_format"), ("function_calling", "tools")):
+        result = cli("reason", QUESTION, "--thread", method, "--model", "openai:gpt-4o-mini",
+                     "--structured-output", method, "--json", env=llm.env())
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["answer"] == "395"
+        assert key in llm.requests[-1]
+
+
+BAD_INPUT = [
+    (("reason", "   ", "--thread", "t1"), "question is empty"),
+    (("reason", QUESTION, "--thread", "t1", "--db", "mysql://localhost/x"), "unknown storage scheme"),
+    (("reason", QUESTION, "--thread", "t1", "--db", "agent.db"), "not a storage URL"),
+    (("reason", QUESTION, "--thread", "t1", "--db", "sqlite://"), "no file path"),
+    (("reason", QUESTION, "--thread", "t1", "--db", "sqlite:////no/such/dir/a.db"), "does not exist"),
+    (("reason", QUESTION, "--thread", "t1", "--db", "sqlite:////proc/agent.db"), "read-only"),
+    (("reason", QUESTION, "--thread", "t1", "--db", "postgresql://u@h:notaport/x"), "Postgres"),
+    (("reason", QUESTION, "--thread", "t1", "--model", "gpt-4o"), "unknown model"),
+    (("reason", QUESTION, "--thread", "t1", "--model", "openai:gpt-4o-mini"), "--model offline"),
+    (("reason", QUESTION, "--thread", "t1", "--structured-output", "xml"), "structured_output"),
+    (("resume", "--thread", "nope"), "no SQLite database"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_INPUT, ids=[m for _, m in BAD_INPUT])
+def test_bad_input_is_one_line_and_writes_nothing(cli, args, message):
+    result = cli(*args)
+    assert result.returncode == 2
+    assert message in one_error_line(result)
+    assert not (cli.cwd / "agent.db").exists()
+
+
+def test_resume_of_an_unknown_thread_names_it(cli, db_url):
+    assert cli("reason", QUESTION, "--thread", "known", "--db", db_url).returncode == 0
+    result = cli("resume", "--thread", "unknown", "--db", db_url)
+    assert result.returncode == 2
+    assert "no thread 'unknown'" in one_error_line(result)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("db = [\n", "agent.toml is not valid TOML"),
+    ('colour = "blue"\n', "unknown setting 'colour'"),
+    ("max_revisions = -1\n", "max_revisions"),
+])
+def test_invalid_agent_toml_is_one_line(cli, content, message):
+    (cli.cwd / "agent.toml").write_text(content)
+    result = cli("reason", QUESTION, "--thread", "t1")
+    assert result.returncode == 2
+    assert message in one_error_line(result)
+    assert not (cli.cwd / "agent.db").exists()
+
+
+def test_unreachable_postgres_fails_fast_naming_host_and_port(cli):
+    started = time.monotonic()
+    result = cli("reason", QUESTION, "--thread", "t1", "--db", "postgresql://postgres:pw@127.0.0.1:1/agent")
+    assert time.monotonic() - started < 15
+    assert result.returncode == 2
+    assert "cannot connect to Postgres at 127.0.0.1:1" in one_error_line(result)
+
+
+def test_wrong_postgres_password_is_one_clear_line(cli, pg):
+    result = cli("reason", QUESTION, "--thread", "t1", "--db", pg.url(password="wrong-password"))
+    assert result.returncode == 2
+    line = one_error_line(result)
+    assert f"127.0.0.1:{pg.port}" in line and "password authentication failed" in line
+    assert "wrong-password" not in result.stderr
+
+
+def test_help_is_written_for_people(cli):
+    result = cli("--help")
+    assert result.returncode == 0
+    for command in ("reason", "resume"):
+        assert command in result.stdout
+    assert "--new" in cli("reason", "--help").stdout

@@ -1,0 +1,64 @@
+"""Crash and resume with a real process: SIGKILL mid-call or Ctrl+C, then resume; no completed call is repeated.
+
+Calls are counted at the HTTP test server, so "not repeated" is measured where the model would bill it.
+"""
+
+import json
+import signal
+
+import pytest
+
+QUESTION = "What is 17*23+4?"
+CALLS = 4  # analyze, two steps, validate
+
+
+def start_and_hold(cli, llm, db_url, number):
+    """Start a run, and wait until its `number`-th model call is in flight."""
+    llm.hold(number)
+    proc = cli.popen("reason", QUESTION, "--thread", "t1", "--db", db_url, "--model", "openai:gpt-4o-mini",
+                     env=llm.env())
+    if not llm.held.wait(60):
+        proc.kill()
+        pytest.fail(f"call {number} never arrived: {proc.communicate()}")
+    return proc
+
+
+@pytest.mark.parametrize("kill_at", [1, 2, 3, 4], ids=["analyze", "step-1", "step-2", "validate"])
+@pytest.mark.parametrize("how", ["resume", "reason-again"])
+def test_sigkill_mid_call_then_resume_repeats_only_the_call_in_flight(cli, llm, db_url, kill_at, how):
+    proc = start_and_hold(cli, llm, db_url, kill_at)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    llm.release.set()  # the held reply now goes to a dead socket
+    before = llm.bodies()
+    assert len(before) == kill_at
+
+    args = ("resume", "--thread", "t1") if how == "resume" else ("reason", QUESTION, "--thread", "t1")
+    result = cli(*args, "--db", db_url, "--json", env=llm.env())
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["status"] == "done" and data["answer"] == "395"
+
+    after = llm.bodies()
+    assert len(after) == CALLS + 1  # every call once, plus the one that was in flight again
+    for completed in before[:-1]:
+        assert after.count(completed) == 1
+    assert after.count(before[-1]) == 2
+    assert data["usage"]["llm_calls"] == CALLS  # the killed call was never recorded
+
+
+def test_ctrl_c_says_where_it_stopped_exits_130_and_resumes(cli, llm, db_url):
+    proc = start_and_hold(cli, llm, db_url, 3)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    llm.release.set()
+    assert proc.returncode == 130
+    assert "Traceback" not in err
+    assert "Interrupted after 1 of 2 steps (next: execute)" in err
+    assert "python -m agent resume --thread t1" in err
+
+    result = cli("resume", "--thread", "t1", "--db", db_url, env=llm.env())
+    assert result.returncode == 0, result.stderr
+    assert "1 of 2 steps already done" in result.stdout
+    assert "Answer: 395" in result.stdout
+    assert len(llm.bodies()) == CALLS + 1

@@ -1,0 +1,86 @@
+"""The offline model really solves arithmetic: plans in precedence order, executes steps, validates by recomputing."""
+
+import random
+from fractions import Fraction
+
+import pytest
+
+from agent.offline import check_answer, execute_step, make_plan, respond
+from graphs import prompts
+
+
+def solve(question: str) -> str:
+    """Run plan and steps the way the graph does, through the prompts the model really reads."""
+    plan = respond("Plan", prompts.plan_messages(question)[-1][1])["steps"]
+    results: list[str] = []
+    for index in range(len(plan)):
+        prompt = prompts.step_messages(question, plan, results, index)[-1][1]
+        results.append(respond("StepResult", prompt)["result"])
+    return results[-1] if results else "cannot answer"
+
+
+def test_plan_has_one_step_per_operation_in_precedence_order():
+    assert make_plan("What is 17*23+4?") == ["Multiply 17 by 23", "Add the result of step 1 and 4"]
+    assert make_plan("What is 2+3*4?") == ["Multiply 3 by 4", "Add 2 and the result of step 1"]
+    assert make_plan("What is (2+3)*4?") == ["Add 2 and 3", "Multiply the result of step 1 by 4"]
+
+
+@pytest.mark.parametrize("question, answer", [
+    ("What is 17*23+4?", "395"),
+    ("What is 2+3*4?", "14"),
+    ("what is 12 times 3 plus 4?", "40"),
+    ("What is 2 to the power of 10 minus 24?", "1000"),
+    ("What is 7/2?", "3.5"),
+    ("What is 1/3*3?", "1"),
+    ("What is 10/3?", "10/3"),
+    ("What is -(2+3)*4?", "-20"),
+    ("What is 1,000 + 2.5?", "1002.5"),
+    ("What is 17 % 5?", "2"),
+    ("What is 2^3^2?", "512"),
+])
+def test_solves_arithmetic(question, answer):
+    assert solve(question) == answer
+
+
+def test_agrees_with_python_on_random_integer_expressions():
+    rng = random.Random(1234)
+    for _ in range(300):
+        tokens = [str(rng.randint(0, 99))]
+        for _ in range(rng.randint(1, 6)):
+            tokens += [rng.choice("+-*"), str(rng.randint(0, 99))]
+        if rng.random() < 0.5:  # parentheses around a random operator pair
+            i = rng.randrange(0, len(tokens) - 2, 2)
+            tokens[i], tokens[i + 2] = "(" + tokens[i], tokens[i + 2] + ")"
+        expression = "".join(tokens)
+        assert solve(f"What is {expression}?") == str(eval(expression)), expression
+
+
+@pytest.mark.parametrize("question", [
+    "What is the capital of France?",
+    "What is 5/0?",
+    "What is 9**9**9?",
+    "What is 42?",
+])
+def test_honest_about_what_it_cannot_answer(question):
+    reply = respond("Plan", prompts.plan_messages(question)[-1][1])
+    assert reply["steps"] == [] and reply["reason"]
+
+
+def test_steps_are_read_from_their_text_so_an_edit_changes_the_result():
+    assert execute_step("Multiply 17 by 24", []) == "408"
+    assert execute_step("Add the result of step 1 and 4", ["408"]) == "412"
+
+
+def test_a_step_it_cannot_read_is_refused():
+    with pytest.raises(ValueError):
+        execute_step("Dance a little", [])
+    with pytest.raises(ValueError):
+        execute_step("Add the result of step 3 and 1", ["1"])
+
+
+def test_validation_recomputes_and_catches_a_wrong_draft():
+    assert check_answer("What is 2+2?", "4")["ok"] is True
+    verdict = check_answer("What is 2+2?", "5")
+    assert verdict["ok"] is False and verdict["answer"] == "4"
+    assert check_answer("What is 2/3?", "0.6666666667")["ok"] is False  # exact, not rounded
+    assert Fraction(check_answer("What is 2/3?", "2/3")["answer"]) == Fraction(2, 3)
