@@ -7,13 +7,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from functools import cached_property
 
 import psycopg
 from langgraph.checkpoint.postgres import PostgresSaver
+from langgraph.checkpoint.postgres._ainternal import get_connection as aget_connection
+from langgraph.checkpoint.postgres._internal import get_connection
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from psycopg.rows import dict_row
 
+from savers.cache import AsyncPostgresCache, PostgresCache
 from savers.errors import StorageError
+from savers.migrations import amigrate_postgres, migrate_postgres
 
 # Unreachable servers must fail within seconds, not hang on the OS default (minutes).
 CONNECT_TIMEOUT_S = 5
@@ -24,11 +29,29 @@ CONNECTION_KWARGS = {"autocommit": True, "prepare_threshold": 0, "row_factory": 
 
 
 class Postgres(PostgresSaver):
-    """The official PostgresSaver; the place where our additions to it live."""
+    """The official PostgresSaver, plus our tables (migrated in setup) and the model-reply cache."""
+
+    def setup(self) -> None:
+        super().setup()
+        with get_connection(self.conn) as conn:
+            migrate_postgres(conn)
+
+    @cached_property
+    def response_cache(self) -> PostgresCache:
+        return PostgresCache(self.conn)
 
 
 class AsyncPostgres(AsyncPostgresSaver):
-    """The official AsyncPostgresSaver; the place where our additions to it live."""
+    """The official AsyncPostgresSaver, plus our tables (migrated in setup) and the model-reply cache."""
+
+    async def setup(self) -> None:
+        await super().setup()
+        async with aget_connection(self.conn) as conn:
+            await amigrate_postgres(conn)
+
+    @cached_property
+    def response_cache(self) -> AsyncPostgresCache:
+        return AsyncPostgresCache(self.conn)
 
 
 def check_conninfo(url: str) -> str:

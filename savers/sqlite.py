@@ -9,11 +9,14 @@ import os
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from functools import cached_property
 
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
+from savers.cache import AsyncSqliteCache, SqliteCache
 from savers.errors import StorageError
+from savers.migrations import amigrate_sqlite, migrate_sqlite
 
 # Readers (e.g. `history` while a run writes) wait this long for a lock instead of failing at once.
 BUSY_TIMEOUT_MS = 10_000
@@ -25,11 +28,39 @@ PRAGMAS = (
 
 
 class Sqlite(SqliteSaver):
-    """The official SqliteSaver; the place where our additions to it live."""
+    """The official SqliteSaver, plus our tables (migrated in setup) and the model-reply cache."""
+
+    _agent_ready = False
+
+    def setup(self) -> None:
+        super().setup()
+        if not self._agent_ready:
+            with self.lock:
+                migrate_sqlite(self.conn)
+                self.conn.commit()
+            self._agent_ready = True
+
+    @cached_property
+    def response_cache(self) -> SqliteCache:
+        return SqliteCache(self.conn, self.lock)
 
 
 class AsyncSqlite(AsyncSqliteSaver):
-    """The official AsyncSqliteSaver; the place where our additions to it live."""
+    """The official AsyncSqliteSaver, plus our tables (migrated in setup) and the model-reply cache."""
+
+    _agent_ready = False
+
+    async def setup(self) -> None:
+        await super().setup()
+        if not self._agent_ready:
+            async with self.lock:
+                await amigrate_sqlite(self.conn)
+                await self.conn.commit()
+            self._agent_ready = True
+
+    @cached_property
+    def response_cache(self) -> AsyncSqliteCache:
+        return AsyncSqliteCache(self.conn, self.lock)
 
 
 def check_path(path: str, create: bool) -> str:

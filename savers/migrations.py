@@ -1,0 +1,85 @@
+"""Our own tables, beside LangGraph's in the same database, created by ordered, versioned migrations.
+
+Like the official savers: the position of a migration in its list is its version; never edit or reorder one.
+"""
+
+from __future__ import annotations
+
+# Applied in order by every saver's setup(); version n is recorded in agent_migrations once it ran.
+SQLITE = [
+    "CREATE TABLE IF NOT EXISTS agent_migrations (v INTEGER PRIMARY KEY)",
+    # Model replies, keyed by a hash of the exact request (model, schema, messages): an unchanged prompt is
+    # answered from here on replay and fork. thread_id is the thread that first paid for the reply.
+    """CREATE TABLE IF NOT EXISTS agent_llm_cache (
+        key TEXT PRIMARY KEY,
+        model TEXT NOT NULL,
+        thread_id TEXT,
+        value TEXT NOT NULL,
+        created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+    )""",
+    "CREATE INDEX IF NOT EXISTS agent_llm_cache_thread ON agent_llm_cache (thread_id)",
+]
+
+POSTGRES = [
+    "CREATE TABLE IF NOT EXISTS agent_migrations (v INTEGER PRIMARY KEY)",
+    """CREATE TABLE IF NOT EXISTS agent_llm_cache (
+        key TEXT PRIMARY KEY,
+        model TEXT NOT NULL,
+        thread_id TEXT,
+        value TEXT NOT NULL,
+        created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    )""",
+    "CREATE INDEX IF NOT EXISTS agent_llm_cache_thread ON agent_llm_cache (thread_id)",
+]
+
+# Two processes starting at once against a fresh Postgres must not both run the same migration.
+POSTGRES_LOCK = "SELECT pg_advisory_xact_lock(7216450981)"
+CURRENT_VERSION = "SELECT COALESCE(MAX(v), -1) FROM agent_migrations"
+
+
+def pending(migrations: list[str], current: int) -> list[tuple[int, str]]:
+    """The (version, sql) pairs still to run after version `current`."""
+    return list(enumerate(migrations))[current + 1:]
+
+
+def migrate_sqlite(conn) -> None:
+    """Run what is missing in one transaction (sqlite3 connection, or a cursor-like with execute)."""
+    conn.execute(SQLITE[0])
+    current = conn.execute(CURRENT_VERSION).fetchone()[0]
+    for version, sql in pending(SQLITE, current):
+        conn.execute(sql)
+        conn.execute("INSERT INTO agent_migrations (v) VALUES (?)", (version,))
+
+
+async def amigrate_sqlite(conn) -> None:
+    await conn.execute(SQLITE[0])
+    current = (await (await conn.execute(CURRENT_VERSION)).fetchone())[0]
+    for version, sql in pending(SQLITE, current):
+        await conn.execute(sql)
+        await conn.execute("INSERT INTO agent_migrations (v) VALUES (?)", (version,))
+
+
+def migrate_postgres(conn) -> None:
+    """Under a transaction-scoped advisory lock, so concurrent starts serialize instead of colliding."""
+    with conn.transaction():
+        conn.execute(POSTGRES_LOCK)
+        conn.execute(POSTGRES[0])
+        current = _first(conn.execute(CURRENT_VERSION).fetchone())
+        for version, sql in pending(POSTGRES, current):
+            conn.execute(sql)
+            conn.execute("INSERT INTO agent_migrations (v) VALUES (%s)", (version,))
+
+
+async def amigrate_postgres(conn) -> None:
+    async with conn.transaction():
+        await conn.execute(POSTGRES_LOCK)
+        await conn.execute(POSTGRES[0])
+        current = _first(await (await conn.execute(CURRENT_VERSION)).fetchone())
+        for version, sql in pending(POSTGRES, current):
+            await conn.execute(sql)
+            await conn.execute("INSERT INTO agent_migrations (v) VALUES (%s)", (version,))
+
+
+def _first(row) -> int:
+    # Pool connections return dict rows (what the official savers expect); plain ones return tuples.
+    return next(iter(row.values())) if isinstance(row, dict) else row[0]
