@@ -6,21 +6,24 @@
 from agent.errors import (
     AgentError,
     BadInput,
+    CheckpointNotFound,
     ConfigError,
     ModelError,
     QuestionMismatch,
     StorageError,
+    ThreadExists,
     ThreadNotFound,
 )
 
 __all__ = [
-    "Agent", "AsyncAgent", "RunResult", "Step", "Usage", "Event", "Settings", "load_settings",
-    "AgentError", "BadInput", "ConfigError", "ModelError", "QuestionMismatch", "StorageError", "ThreadNotFound",
+    "Agent", "AsyncAgent", "RunResult", "Step", "Usage", "Event", "StateView", "CheckpointInfo", "ThreadInfo", "Diff", "Change", "Settings", "load_settings",
+    "AgentError", "BadInput", "CheckpointNotFound", "ThreadExists", "ConfigError", "ModelError", "QuestionMismatch", "StorageError", "ThreadNotFound",
 ]
 
 _LAZY = {
     "Agent": "agent.api", "AsyncAgent": "agent.api", "RunResult": "agent.api", "Step": "agent.api",
-    "Usage": "agent.api", "Event": "agent.api", "Settings": "agent.config", "load_settings": "agent.config",
+    "Usage": "agent.api", "Event": "agent.api", "StateView": "agent.api",
+    "CheckpointInfo": "agent.history", "ThreadInfo": "agent.history", "Diff": "agent.history", "Change": "agent.history", "Settings": "agent.config", "load_settings": "agent.config",
 }
 
 

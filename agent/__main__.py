@@ -37,6 +37,9 @@ Structured = Annotated[Optional[str], typer.Option(
     "--structured-output", help="How the model returns structured replies: json_schema or function_calling.",
     show_default=False)]
 Thread = Annotated[str, typer.Option("--thread", "-t", help="Thread id: the name of this line of reasoning.")]
+Checkpoint = Annotated[str, typer.Option(
+    "--checkpoint", "-c", help="Checkpoint id, or a unique prefix of one (see `history`).", show_default=False)]
+Fresh = Annotated[bool, typer.Option("--fresh", help="Ask the model even where the reply cache has the answer.")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text (for scripts).")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")]
 
@@ -53,7 +56,11 @@ def _redact(url: str) -> str:
 def _console(stderr: bool = False):
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    console = Console(stderr=stderr, highlight=False, soft_wrap=True)
+    if not console.is_terminal:
+        # Piped into a file or another program: nothing to fit on a screen, so never crop a line.
+        console = Console(stderr=stderr, highlight=False, soft_wrap=True, width=max(console.width, 240))
+    return console
 
 
 def _fail(message: str, code: int) -> None:
@@ -83,8 +90,9 @@ def _guard(debug: bool, body: Callable[[], int]) -> None:
 class _Progress:
     """Follows a run's events: prints the reasoning as it happens (unless quiet) and knows where it stands."""
 
-    def __init__(self, quiet: bool):
+    def __init__(self, quiet: bool, verb: str = "Resuming"):
         self.out = None if quiet else _console()
+        self.verb = verb
         self.plan: list[str] = []
         self.done = 0
         self.next = "analyze"
@@ -108,7 +116,7 @@ class _Progress:
     def _print(self, event) -> None:
         out = self.out
         if event.kind == "resume":
-            out.print(f"[dim]Resuming from checkpoint {event.result[:13]}: "
+            out.print(f"[dim]{self.verb} from checkpoint {event.result[:13]}: "
                       f"{event.number} of {len(event.steps)} steps already done, not run again.[/]")
             for number, step in enumerate(event.steps, 1):
                 mark = "✓" if number <= event.number else " "
@@ -189,10 +197,10 @@ def _open_agent(db: str | None, model: str | None, structured: str | None, creat
 
 
 def _run(db, model, structured, thread, as_json, call: Callable[[Any, Callable | None], Any],
-         create: bool = True) -> int:
+         create: bool = True, verb: str = "Resuming") -> int:
     agent = _open_agent(db, model, structured, create)
     with agent:
-        progress = _Progress(quiet=as_json)
+        progress = _Progress(quiet=as_json, verb=verb)
         _exit_on_ctrl_c(progress, thread, agent.settings.db)
         return _report(call(agent, progress), agent.settings, as_json)
 
@@ -235,6 +243,190 @@ def resume(
     """Continue a thread from its last checkpoint (after a crash, Ctrl+C or a failed model call)."""
     _guard(debug, lambda: _run(db, model, structured_output, thread, as_json,
                                lambda agent, printer: agent.resume(thread, on_event=printer), create=False))
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, ensure_ascii=False, default=str))
+
+
+def _read(db: str | None, debug: bool, body: Callable[[Any], None]) -> None:
+    """A read-only command: open the database (never create it) and show something from it."""
+
+    def run() -> int:
+        with _open_agent(db, None, None, create=False) as agent:
+            body(agent)
+        return 0
+
+    _guard(debug, run)
+
+
+@app.command()
+def threads(db: Db = None, as_json: Json = False, debug: Debug = False) -> None:
+    """List every thread: status, question, answer, checkpoints, branches, last update."""
+
+    def body(agent) -> None:
+        from agent.render import threads_table
+
+        found = agent.threads()
+        if as_json:
+            _print_json([t.to_dict() for t in found])
+        else:
+            _console().print(threads_table(found))
+
+    _read(db, debug, body)
+
+
+@app.command()
+def history(thread: Thread, db: Db = None, as_json: Json = False, debug: Debug = False) -> None:
+    """Show a thread's checkpoints as a tree: forks, replays and edits branch off their parent; the head is marked.
+
+    --json prints a flat list (checkpoint_id, parent_checkpoint_id, step, node, source, created_at, next, ...).
+    """
+
+    def body(agent) -> None:
+        from agent.render import history_tree
+
+        rows = agent.history(thread)
+        if as_json:
+            _print_json([row.to_dict() for row in rows])
+        else:
+            _console().print(history_tree(thread, rows))
+
+    _read(db, debug, body)
+
+
+@app.command()
+def show(thread: Thread, checkpoint: Checkpoint = None, db: Db = None, as_json: Json = False,
+         debug: Debug = False) -> None:
+    """Show the full state at a checkpoint (default: the head) and what runs next."""
+
+    def body(agent) -> None:
+        from agent.render import state_lines
+
+        view = agent.state(thread, checkpoint)
+        if as_json:
+            _print_json(view.to_dict())
+        else:
+            out = _console()
+            for line in state_lines(view):
+                out.print(line)
+
+    _read(db, debug, body)
+
+
+@app.command()
+def diff(
+    thread: Thread,
+    from_checkpoint: Annotated[str, typer.Option("--from", help="The checkpoint to compare from (id or prefix).")],
+    to_checkpoint: Annotated[Optional[str], typer.Option(
+        "--to", help="The checkpoint to compare to [default: the head of the thread]", show_default=False)] = None,
+    to_thread: Annotated[Optional[str], typer.Option(
+        "--to-thread", help="Look for --to in this thread instead (compare across threads).",
+        show_default=False)] = None,
+    db: Db = None,
+    as_json: Json = False,
+    debug: Debug = False,
+) -> None:
+    """Show what changed between two checkpoints, field by field (list items one by one)."""
+
+    def body(agent) -> None:
+        from agent.render import diff_table
+
+        result = agent.diff(thread, from_checkpoint, to_checkpoint, to_thread=to_thread)
+        if as_json:
+            _print_json(result.to_dict())
+        else:
+            _console().print(diff_table(result))
+
+    _read(db, debug, body)
+
+
+@app.command()
+def replay(
+    thread: Thread,
+    checkpoint: Annotated[str, typer.Option("--checkpoint", "-c", help="Checkpoint to run again from (id or prefix).")],
+    fresh: Fresh = False,
+    db: Db = None,
+    model: Model = None,
+    structured_output: Structured = None,
+    as_json: Json = False,
+    debug: Debug = False,
+) -> None:
+    """Run the graph again from a past checkpoint, as a new branch of the same thread.
+
+    The old history stays. Unchanged requests are answered from the reply cache (no model call) unless --fresh.
+    """
+    _guard(debug, lambda: _run(db, model, structured_output, thread, as_json,
+                               lambda agent, progress: agent.replay(thread, checkpoint, fresh=fresh,
+                                                                    on_event=progress),
+                               create=False, verb="Replaying"))
+
+
+@app.command()
+def fork(
+    thread: Thread,
+    checkpoint: Annotated[str, typer.Option("--checkpoint", "-c", help="Checkpoint to edit (id or prefix).")],
+    assignments: Annotated[list[str], typer.Option(
+        "--set", help="path=value to change, e.g. plan.1=\"Multiply 17 by 23\" (list items count from 1; "
+                      "JSON values allowed). Repeatable.", show_default=False)],
+    as_node: Annotated[Optional[str], typer.Option(
+        "--as-node", help="Record the edit as written by this node (input, analyze, execute, validate), "
+                          "which decides what runs next [default: chosen from what was edited]",
+        show_default=False)] = None,
+    no_run: Annotated[bool, typer.Option("--no-run", help="Record the edit checkpoint only; run nothing.")] = False,
+    fresh: Fresh = False,
+    db: Db = None,
+    model: Model = None,
+    structured_output: Structured = None,
+    as_json: Json = False,
+    debug: Debug = False,
+) -> None:
+    """Edit the state at a checkpoint, then run on from the edit as a new branch.
+
+    What depended on an edited field is redone (edit plan.2 and step 2 onward runs again); requests that
+    did not change are answered from the reply cache, so only what changed reaches the model.
+    """
+
+    def body() -> int:
+        from agent.api import assignments_from
+
+        values = assignments_from(assignments)  # a malformed --set is refused before the database is touched
+        return _run(db, model, structured_output, thread, as_json,
+                    lambda agent, progress: agent.fork(thread, checkpoint, values, as_node=as_node, run=not no_run,
+                                                       fresh=fresh, on_event=progress),
+                    create=False, verb="Running on from the edit")
+
+    _guard(debug, body)
+
+
+@app.command()
+def branch(
+    thread: Thread,
+    checkpoint: Annotated[str, typer.Option("--checkpoint", "-c", help="Last checkpoint to copy (id or prefix).")],
+    to: Annotated[str, typer.Option("--to", help="The new thread's id (must not exist yet).")],
+    db: Db = None,
+    as_json: Json = False,
+    debug: Debug = False,
+) -> None:
+    """Copy a thread's lineage up to a checkpoint into a new thread; the original is untouched.
+
+    The new thread can be resumed, replayed, forked and branched like any other.
+    """
+
+    def body(agent) -> None:
+        made = agent.branch(thread, checkpoint, to)
+        if as_json:
+            _print_json(made.to_dict())
+        else:
+            _console().print(f"Thread [bold]{escape_markup(made.thread_id)}[/] made from {escape_markup(thread)} "
+                             f"up to checkpoint {made.head[:13]} ({made.checkpoints} checkpoints, status "
+                             f"{made.status}). Continue it with: python -m agent resume --thread {made.thread_id}")
+
+    _read(db, debug, body)
+
+
+def escape_markup(text: str) -> str:
+    return _escape(text)
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ Every CLI command calls these; results are typed objects, never bare dicts.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from contextlib import AsyncExitStack, ExitStack
@@ -12,19 +13,25 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from agent.config import DEFAULT_MODEL, Settings, load_settings
-from agent.errors import BadInput, QuestionMismatch, StorageError, ThreadNotFound
-from agent.models import check_spec, make_model
+from agent.errors import BadInput, CheckpointNotFound, QuestionMismatch, StorageError, ThreadExists, ThreadNotFound
+from agent.history import (
+    CheckpointInfo, Diff, ThreadInfo, build_history, checkpoint_info, diff_values, parse_assignment, set_path,
+    shortest_unique,
+)
+from agent.models import check_spec, make_model, model_identity
 
 Status = Literal["done", "interrupted", "failed"]
 
 
 @dataclass(frozen=True)
 class Usage:
-    """What a thread has cost so far: model calls and tokens, over every run on it."""
+    """What a thread has cost so far, over every run on it: model calls and their tokens, and the calls
+    answered from the reply cache instead (free, and not counted in llm_calls)."""
 
     llm_calls: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    cached_calls: int = 0
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,22 @@ class Event:
 OnEvent = Callable[[Event], None]
 
 
+@dataclass(frozen=True)
+class StateView:
+    """The full state at one checkpoint (`show`): where it sits in the history, its values, and its result."""
+
+    thread_id: str
+    checkpoint: CheckpointInfo
+    result: RunResult
+    values: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        result = self.result.to_dict()
+        return {"thread_id": self.thread_id, **self.checkpoint.to_dict(),
+                **{k: result[k] for k in ("status", "question", "steps", "answer", "validation", "usage", "error")},
+                "values": self.values}
+
+
 def clean_question(question: str) -> str:
     # Prompts are line-oriented; a question is one line of text.
     text = " ".join((question or "").split())
@@ -127,7 +150,7 @@ class _EventTracker:
 
 
 class _Core:
-    """What Agent and AsyncAgent share: settings, the graph per model, and reading snapshots into results."""
+    """What Agent and AsyncAgent share: settings, the graph per model, and every decision that needs no I/O."""
 
     def __init__(self, db: str | None, model: str | None, settings: Settings | None, overrides: dict[str, Any],
                  create: bool = True):
@@ -154,6 +177,8 @@ class _Core:
                     make_model(spec),
                     structured_output=self.settings.structured_output,
                     max_revisions=self.settings.max_revisions,
+                    cache=getattr(self.saver, "response_cache", None),
+                    model_id=model_identity(spec),
                 )
                 self._graphs[spec] = builder.compile(checkpointer=self.saver)
             return self._graphs[spec]
@@ -163,12 +188,20 @@ class _Core:
         return self.graph(DEFAULT_MODEL)
 
     @staticmethod
-    def config(thread: str, spec: str | None = None) -> dict[str, Any]:
-        config: dict[str, Any] = {"configurable": {"thread_id": thread}}
+    def config(thread: str, checkpoint: str | None = None, *, spec: str | None = None, run: str | None = None,
+               fresh: bool = False, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+        configurable: dict[str, Any] = {"thread_id": thread, "checkpoint_ns": ""}
+        if checkpoint:
+            configurable["checkpoint_id"] = checkpoint
+        if fresh:
+            configurable["fresh"] = True  # read by the graph's reply cache; recorded in the checkpoints too
+        meta = dict(metadata or {})
         if spec:
             # Recorded in every checkpoint's metadata, so `resume` uses the model the thread started with.
-            config["metadata"] = {"model": spec}
-        return config
+            meta["model"] = spec
+        if run:
+            meta["run"] = run  # which command made these checkpoints: reason, resume, replay, fork
+        return {"configurable": configurable, "metadata": meta}
 
     def model_for(self, snapshot) -> str:
         if self.settings.model:
@@ -206,9 +239,9 @@ class _Core:
             checkpoint_id=snapshot.config["configurable"].get("checkpoint_id"),
             status=status,
             question=values.get("question", ""),
-            answer=values.get("answer") or None if status == "done" else None,
+            answer=(values.get("answer") or None) if status == "done" else None,
             steps=[Step(d, results[i] if i < len(results) else None) for i, d in enumerate(plan)],
-            usage=Usage(**{k: usage.get(k, 0) for k in ("llm_calls", "input_tokens", "output_tokens")}),
+            usage=Usage(**{k: usage.get(k, 0) for k in Usage.__dataclass_fields__}),
             validation=values.get("validation") or None,
             next=list(snapshot.next),
             error=error,
@@ -221,14 +254,93 @@ class _Core:
         if not self.exists(snapshot):
             raise ThreadNotFound(
                 f"no thread '{thread}' in this database: start it with "
-                f"`python -m agent reason \"...\" --thread {thread}`"
+                f"`python -m agent reason \"...\" --thread {thread}` (or list them with `threads`)"
             )
         return snapshot
+
+    @staticmethod
+    def pick(thread: str, prefix: str, matches: list[str]) -> str:
+        """The one checkpoint id a prefix names, or an error listing what it could mean."""
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise CheckpointNotFound(
+                f"no checkpoint '{prefix}' in thread '{thread}': see `python -m agent history --thread {thread}`")
+        shown = ", ".join(shortest_unique(matches).values()) if len(matches) <= 10 else \
+            ", ".join(shortest_unique(matches[:10]).values()) + f", ... ({len(matches)} in all)"
+        raise CheckpointNotFound(f"checkpoint '{prefix}' is ambiguous in thread '{thread}': it could be {shown}")
+
+    @staticmethod
+    def clean_prefix(checkpoint: str) -> str:
+        prefix = (checkpoint or "").strip()
+        if not prefix:
+            raise BadInput("the checkpoint id is empty: give an id or a unique prefix of one (see `history`)")
+        return prefix
+
+    def thread_info(self, row, snapshot) -> ThreadInfo:
+        result = self.result(row.thread_id, snapshot)
+        return ThreadInfo(
+            thread_id=row.thread_id,
+            status=result.status,
+            question=result.question,
+            answer=result.answer,
+            updated_at=snapshot.created_at,
+            checkpoints=row.checkpoints,
+            branches=max(0, row.leaves - 1),
+            head=row.head,
+            usage=asdict(result.usage),
+        )
+
+    @staticmethod
+    def replayable(thread: str, snapshot) -> None:
+        if not snapshot.next:
+            checkpoint = snapshot.config["configurable"]["checkpoint_id"]
+            raise BadInput(
+                f"checkpoint {checkpoint[:13]} of thread '{thread}' ends its run: nothing runs after it; "
+                "replay from an earlier checkpoint (see `history`)")
+
+    def edit(self, snapshot, assignments: dict[str, Any], as_node: str | None) -> tuple[dict, str | None, str]:
+        """The update, the node it is attributed to, and the edit record for `fork --set`."""
+        from graphs.cot import NODES, State, plan_edit
+        from langgraph.constants import START
+
+        if not assignments:
+            raise BadInput("nothing to change: give at least one --set path=value")
+        values = dict(snapshot.values or {})
+        edited = values
+        for path, value in assignments.items():
+            edited = set_path(edited, path, value, tuple(State.__annotations__))
+        update, node = plan_edit(values, edited)
+        if as_node is not None:
+            if as_node not in (*NODES, "input"):
+                raise BadInput(f"--as-node '{as_node}' is not a node: use one of input, {', '.join(NODES)}")
+            node = START if as_node == "input" else as_node
+        return update, node, json.dumps(assignments, ensure_ascii=False, sort_keys=True)
+
+    @staticmethod
+    def check_new_thread(target: str, rows) -> str:
+        target = _clean_thread(target)
+        if rows:
+            raise ThreadExists(f"thread '{target}' already exists: choose another name for the branch")
+        return target
+
+
+def _parent_id(snapshot) -> str | None:
+    return (snapshot.parent_config or {}).get("configurable", {}).get("checkpoint_id")
+
+
+def _checkpoint_id(snapshot) -> str:
+    return snapshot.config["configurable"]["checkpoint_id"]
 
 
 def _describe_failure(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or "no message"
     return f"{type(exc).__name__}: {text}"
+
+
+def assignments_from(pairs: list[str]) -> dict[str, Any]:
+    """`--set path=value` strings as the dict that `fork(values=...)` takes."""
+    return dict(parse_assignment(pair) for pair in pairs)
 
 
 class Agent:
@@ -263,13 +375,65 @@ class Agent:
     def close(self) -> None:
         self._stack.close()
 
-    def _snapshot(self, thread: str):
-        return self._core.reader().get_state(self._core.config(thread))
+    # -- reading ---------------------------------------------------------------------------------------------
 
-    def _run(self, thread: str, spec: str, graph_input: Any, snapshot, on_event: OnEvent | None) -> RunResult:
-        tracker = _EventTracker(on_event, snapshot, resuming=graph_input is None)
-        graph = self._core.graph(spec)
-        config = self._core.config(thread, spec)
+    def _snapshot(self, thread: str, checkpoint: str | None = None):
+        return self._core.reader().get_state(self._core.config(thread, checkpoint))
+
+    def _resolve(self, thread: str, checkpoint: str) -> str:
+        from savers.catalog import checkpoint_ids
+
+        prefix = self._core.clean_prefix(checkpoint)
+        return self._core.pick(thread, prefix, checkpoint_ids(self._core.saver, thread, prefix))
+
+    def _at(self, thread: str, checkpoint: str | None):
+        """The snapshot of an existing thread at a checkpoint (an id or unique prefix), default its head."""
+        thread = _clean_thread(thread)
+        head = self._core.existing(thread, self._snapshot(thread))
+        return head if checkpoint is None else self._snapshot(thread, self._resolve(thread, checkpoint))
+
+    def result(self, thread: str) -> RunResult:
+        """Where a thread stands now, from the database alone."""
+        thread = _clean_thread(thread)
+        return self._core.result(thread, self._core.existing(thread, self._snapshot(thread)))
+
+    def threads(self) -> list[ThreadInfo]:
+        """Every thread in the database, the one with the newest checkpoint first."""
+        from savers.catalog import list_threads
+
+        return [self._core.thread_info(row, self._snapshot(row.thread_id)) for row in list_threads(self._core.saver)]
+
+    def history(self, thread: str) -> list[CheckpointInfo]:
+        """Every checkpoint of a thread, on every branch, oldest first, with parent links."""
+        head = self._at(thread, None)
+        snapshots = list(self._core.reader().get_state_history(self._core.config(thread)))
+        return build_history(snapshots, _checkpoint_id(head))
+
+    def state(self, thread: str, checkpoint: str | None = None) -> StateView:
+        """The full state at a checkpoint (default: the head) and what runs next."""
+        snapshot = self._at(thread, checkpoint)
+        parent_id = _parent_id(snapshot)
+        parent = self._snapshot(thread, parent_id) if parent_id else None
+        head_id = _checkpoint_id(self._snapshot(thread))
+        return StateView(thread, checkpoint_info(snapshot, parent, head_id), self._core.result(thread, snapshot),
+                         dict(snapshot.values or {}))
+
+    def diff(self, thread: str, from_checkpoint: str, to_checkpoint: str | None = None, *,
+             to_thread: str | None = None) -> Diff:
+        """What changed from one checkpoint to another; the second may be on another branch or thread."""
+        old = self._at(thread, from_checkpoint)
+        other = _clean_thread(to_thread) if to_thread else thread
+        new = self._at(other, to_checkpoint)
+        return Diff(thread, _checkpoint_id(old), other, _checkpoint_id(new),
+                    diff_values(old.values or {}, new.values or {}))
+
+    # -- running ---------------------------------------------------------------------------------------------
+
+    def _run(self, config: dict[str, Any], graph_input: Any, snapshot, on_event: OnEvent | None,
+             resuming: bool) -> RunResult:
+        thread = config["configurable"]["thread_id"]
+        tracker = _EventTracker(on_event, snapshot, resuming=resuming)
+        graph = self._core.graph(config["metadata"]["model"])
         error = None
         try:
             for chunk in graph.stream(graph_input, config, stream_mode="updates", durability="sync"):
@@ -286,7 +450,8 @@ class Agent:
         action, graph_input = self._core.plan_run(question, thread, snapshot, new)
         if action == "stored":
             return self._core.result(thread, snapshot, from_store=True)
-        return self._run(thread, self._core.model_for(snapshot), graph_input, snapshot, on_event)
+        config = self._core.config(thread, spec=self._core.model_for(snapshot), run="reason")
+        return self._run(config, graph_input, snapshot, on_event, resuming=action == "resume")
 
     def resume(self, thread: str, *, on_event: OnEvent | None = None) -> RunResult:
         """Continue a thread from its last checkpoint; a finished thread returns its stored answer."""
@@ -294,12 +459,49 @@ class Agent:
         snapshot = self._core.existing(thread, self._snapshot(thread))
         if not snapshot.next:
             return self._core.result(thread, snapshot, from_store=True)
-        return self._run(thread, self._core.model_for(snapshot), None, snapshot, on_event)
+        config = self._core.config(thread, spec=self._core.model_for(snapshot), run="resume")
+        return self._run(config, None, snapshot, on_event, resuming=True)
 
-    def result(self, thread: str) -> RunResult:
-        """Where a thread stands now, from the database alone."""
-        thread = _clean_thread(thread)
-        return self._core.result(thread, self._core.existing(thread, self._snapshot(thread)))
+    def replay(self, thread: str, checkpoint: str, *, fresh: bool = False,
+               on_event: OnEvent | None = None) -> RunResult:
+        """Run the graph again from a past checkpoint, as a new branch of the same thread.
+
+        Unchanged requests are answered from the reply cache (no model call) unless `fresh`.
+        """
+        snapshot = self._at(thread, checkpoint)
+        self._core.replayable(thread, snapshot)
+        config = self._core.config(thread, _checkpoint_id(snapshot), spec=self._core.model_for(snapshot),
+                                   run="replay", fresh=fresh)
+        return self._run(config, None, snapshot, on_event, resuming=True)
+
+    def fork(self, thread: str, checkpoint: str, values: dict[str, Any], *, as_node: str | None = None,
+             run: bool = True, fresh: bool = False, on_event: OnEvent | None = None) -> RunResult:
+        """Edit the state at a checkpoint (paths like "plan.2", 1-based) and run on from the edit.
+
+        What depended on an edited field is dropped and redone; only requests that changed reach the model.
+        """
+        snapshot = self._at(thread, checkpoint)
+        update, node, record = self._core.edit(snapshot, values, as_node)
+        spec = self._core.model_for(snapshot)
+        config = self._core.config(thread, _checkpoint_id(snapshot), spec=spec, run="fork", metadata={"edit": record, "as_node": node or ""})
+        edited = self._core.reader().update_state(config, update, as_node=node)
+        edited_snapshot = self._snapshot(thread, edited["configurable"]["checkpoint_id"])
+        if not run or not edited_snapshot.next:
+            return self._core.result(thread, edited_snapshot)
+        config = self._core.config(thread, edited["configurable"]["checkpoint_id"], spec=spec, run="fork",
+                                   fresh=fresh)
+        return self._run(config, None, edited_snapshot, on_event, resuming=True)
+
+    def branch(self, thread: str, checkpoint: str, to: str) -> ThreadInfo:
+        """A new thread `to` whose history is `thread`'s lineage up to `checkpoint`; `thread` is untouched."""
+        from savers.catalog import list_threads
+        from savers.lineage import copy_lineage
+
+        snapshot = self._at(thread, checkpoint)
+        target = self._core.check_new_thread(to, list_threads(self._core.saver, _clean_thread(to)))
+        origin = f"{thread}@{_checkpoint_id(snapshot)}"
+        copy_lineage(self._core.saver, thread, target, _checkpoint_id(snapshot), {"branch_of": origin})
+        return self._core.thread_info(list_threads(self._core.saver, target)[0], self._snapshot(target))
 
 
 class AsyncAgent:
@@ -334,14 +536,61 @@ class AsyncAgent:
     async def close(self) -> None:
         await self._stack.aclose()
 
-    async def _snapshot(self, thread: str):
-        return await self._core.reader().aget_state(self._core.config(thread))
+    # -- reading ---------------------------------------------------------------------------------------------
 
-    async def _run(self, thread: str, spec: str, graph_input: Any, snapshot,
-                   on_event: OnEvent | None) -> RunResult:
-        tracker = _EventTracker(on_event, snapshot, resuming=graph_input is None)
-        graph = self._core.graph(spec)
-        config = self._core.config(thread, spec)
+    async def _snapshot(self, thread: str, checkpoint: str | None = None):
+        return await self._core.reader().aget_state(self._core.config(thread, checkpoint))
+
+    async def _resolve(self, thread: str, checkpoint: str) -> str:
+        from savers.catalog import acheckpoint_ids
+
+        prefix = self._core.clean_prefix(checkpoint)
+        return self._core.pick(thread, prefix, await acheckpoint_ids(self._core.saver, thread, prefix))
+
+    async def _at(self, thread: str, checkpoint: str | None):
+        thread = _clean_thread(thread)
+        head = self._core.existing(thread, await self._snapshot(thread))
+        return head if checkpoint is None else await self._snapshot(thread, await self._resolve(thread, checkpoint))
+
+    async def result(self, thread: str) -> RunResult:
+        """Where a thread stands now, from the database alone."""
+        thread = _clean_thread(thread)
+        return self._core.result(thread, self._core.existing(thread, await self._snapshot(thread)))
+
+    async def threads(self) -> list[ThreadInfo]:
+        from savers.catalog import alist_threads
+
+        return [self._core.thread_info(row, await self._snapshot(row.thread_id))
+                for row in await alist_threads(self._core.saver)]
+
+    async def history(self, thread: str) -> list[CheckpointInfo]:
+        head = await self._at(thread, None)
+        snapshots = [s async for s in self._core.reader().aget_state_history(self._core.config(thread))]
+        return build_history(snapshots, _checkpoint_id(head))
+
+    async def state(self, thread: str, checkpoint: str | None = None) -> StateView:
+        snapshot = await self._at(thread, checkpoint)
+        parent_id = _parent_id(snapshot)
+        parent = await self._snapshot(thread, parent_id) if parent_id else None
+        head_id = _checkpoint_id(await self._snapshot(thread))
+        return StateView(thread, checkpoint_info(snapshot, parent, head_id), self._core.result(thread, snapshot),
+                         dict(snapshot.values or {}))
+
+    async def diff(self, thread: str, from_checkpoint: str, to_checkpoint: str | None = None, *,
+                   to_thread: str | None = None) -> Diff:
+        old = await self._at(thread, from_checkpoint)
+        other = _clean_thread(to_thread) if to_thread else thread
+        new = await self._at(other, to_checkpoint)
+        return Diff(thread, _checkpoint_id(old), other, _checkpoint_id(new),
+                    diff_values(old.values or {}, new.values or {}))
+
+    # -- running ---------------------------------------------------------------------------------------------
+
+    async def _run(self, config: dict[str, Any], graph_input: Any, snapshot, on_event: OnEvent | None,
+                   resuming: bool) -> RunResult:
+        thread = config["configurable"]["thread_id"]
+        tracker = _EventTracker(on_event, snapshot, resuming=resuming)
+        graph = self._core.graph(config["metadata"]["model"])
         error = None
         try:
             async for chunk in graph.astream(graph_input, config, stream_mode="updates", durability="sync"):
@@ -358,7 +607,8 @@ class AsyncAgent:
         action, graph_input = self._core.plan_run(question, thread, snapshot, new)
         if action == "stored":
             return self._core.result(thread, snapshot, from_store=True)
-        return await self._run(thread, self._core.model_for(snapshot), graph_input, snapshot, on_event)
+        config = self._core.config(thread, spec=self._core.model_for(snapshot), run="reason")
+        return await self._run(config, graph_input, snapshot, on_event, resuming=action == "resume")
 
     async def resume(self, thread: str, *, on_event: OnEvent | None = None) -> RunResult:
         """Continue a thread from its last checkpoint; a finished thread returns its stored answer."""
@@ -366,9 +616,37 @@ class AsyncAgent:
         snapshot = self._core.existing(thread, await self._snapshot(thread))
         if not snapshot.next:
             return self._core.result(thread, snapshot, from_store=True)
-        return await self._run(thread, self._core.model_for(snapshot), None, snapshot, on_event)
+        config = self._core.config(thread, spec=self._core.model_for(snapshot), run="resume")
+        return await self._run(config, None, snapshot, on_event, resuming=True)
 
-    async def result(self, thread: str) -> RunResult:
-        """Where a thread stands now, from the database alone."""
-        thread = _clean_thread(thread)
-        return self._core.result(thread, self._core.existing(thread, await self._snapshot(thread)))
+    async def replay(self, thread: str, checkpoint: str, *, fresh: bool = False,
+                     on_event: OnEvent | None = None) -> RunResult:
+        snapshot = await self._at(thread, checkpoint)
+        self._core.replayable(thread, snapshot)
+        config = self._core.config(thread, _checkpoint_id(snapshot), spec=self._core.model_for(snapshot),
+                                   run="replay", fresh=fresh)
+        return await self._run(config, None, snapshot, on_event, resuming=True)
+
+    async def fork(self, thread: str, checkpoint: str, values: dict[str, Any], *, as_node: str | None = None,
+                   run: bool = True, fresh: bool = False, on_event: OnEvent | None = None) -> RunResult:
+        snapshot = await self._at(thread, checkpoint)
+        update, node, record = self._core.edit(snapshot, values, as_node)
+        spec = self._core.model_for(snapshot)
+        config = self._core.config(thread, _checkpoint_id(snapshot), spec=spec, run="fork", metadata={"edit": record, "as_node": node or ""})
+        edited = await self._core.reader().aupdate_state(config, update, as_node=node)
+        edited_snapshot = await self._snapshot(thread, edited["configurable"]["checkpoint_id"])
+        if not run or not edited_snapshot.next:
+            return self._core.result(thread, edited_snapshot)
+        config = self._core.config(thread, edited["configurable"]["checkpoint_id"], spec=spec, run="fork",
+                                   fresh=fresh)
+        return await self._run(config, None, edited_snapshot, on_event, resuming=True)
+
+    async def branch(self, thread: str, checkpoint: str, to: str) -> ThreadInfo:
+        from savers.catalog import alist_threads
+        from savers.lineage import acopy_lineage
+
+        snapshot = await self._at(thread, checkpoint)
+        target = self._core.check_new_thread(to, await alist_threads(self._core.saver, _clean_thread(to)))
+        origin = f"{thread}@{_checkpoint_id(snapshot)}"
+        await acopy_lineage(self._core.saver, thread, target, _checkpoint_id(snapshot), {"branch_of": origin})
+        return self._core.thread_info((await alist_threads(self._core.saver, target))[0], await self._snapshot(target))

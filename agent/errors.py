@@ -32,3 +32,11 @@ class ThreadNotFound(AgentError):
 
 class QuestionMismatch(AgentError):
     """A thread already holds a different question."""
+
+
+class CheckpointNotFound(AgentError):
+    """No checkpoint of the thread matches the id or prefix, or the prefix matches several."""
+
+
+class ThreadExists(AgentError):
+    """A new thread (e.g. a branch) was asked for under a name that is taken."""

@@ -27,6 +27,14 @@ def check_spec(spec: str) -> str:
     raise ModelError(f"unknown model '{spec}': use {SPECS}")
 
 
+def model_identity(spec: str) -> str:
+    """What names a model in the reply cache: the same spec on another endpoint may answer differently."""
+    spec = check_spec(spec)
+    if spec == "offline":
+        return spec
+    return f"{spec}@{os.environ.get('OPENAI_BASE_URL') or 'https://api.openai.com/v1'}"
+
+
 def make_model(spec: str) -> BaseChatModel:
     spec = check_spec(spec)
     if spec == "offline":

@@ -5,7 +5,9 @@ Each node makes exactly one model call, so each call is its own checkpoint and a
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Callable, TypedDict
+import hashlib
+import json
+from typing import Annotated, Any, Callable, Protocol, TypedDict
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import RunnableConfig, RunnableLambda
@@ -15,7 +17,8 @@ from pydantic import BaseModel
 from graphs import prompts
 
 NODES = ("analyze", "execute", "validate")
-USAGE_KEYS = ("llm_calls", "input_tokens", "output_tokens")
+# cached_calls: requests answered from the reply cache, which cost nothing and are not in llm_calls.
+USAGE_KEYS = ("llm_calls", "input_tokens", "output_tokens", "cached_calls")
 
 
 def add_usage(old: dict | None, new: dict | None) -> dict:
@@ -38,6 +41,21 @@ class State(TypedDict, total=False):
 def fresh_state(question: str) -> State:
     """The input that starts a run: every field set, so a new run on an old thread inherits nothing."""
     return State(question=question, plan=[], results=[], draft="", answer="", validation={}, revisions=0)
+
+
+class ReplyCache(Protocol):
+    """Where model replies are kept by request (the savers provide one per database); sync or async."""
+
+    def get(self, key: str) -> dict | None: ...
+    def put(self, key: str, model: str, thread_id: str | None, value: dict) -> None: ...
+    async def aget(self, key: str) -> dict | None: ...
+    async def aput(self, key: str, model: str, thread_id: str | None, value: dict) -> None: ...
+
+
+def request_key(model_id: str, method: str, schema: type[BaseModel], messages: list) -> str:
+    """The identity of a request: same model, same structure asked for, same messages -> same key."""
+    request = {"model": model_id, "method": method, "schema": schema.model_json_schema(), "messages": messages}
+    return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
 
 
 class ModelOutputError(RuntimeError):
@@ -97,23 +115,73 @@ def _make_validate_apply(max_revisions: int):
     return apply
 
 
-def _node(name: str, model: BaseChatModel, method: str, request: Callable, apply: Callable) -> RunnableLambda:
-    structured: dict = {}
+class _Ask:
+    """One structured model call, answered from the reply cache when the exact request was made before.
 
-    def runnable(schema):
-        if schema not in structured:
-            structured[schema] = model.with_structured_output(schema, method=method, include_raw=True)
-        return structured[schema]
+    A run with configurable `fresh=True` skips the lookup and asks the model. The first reply stored for a
+    request is the one kept, so later replays stay faithful to the original run.
+    """
 
+    def __init__(self, model: BaseChatModel, model_id: str, method: str, cache: ReplyCache | None):
+        self.model, self.model_id, self.method, self.cache = model, model_id, method, cache
+        self._structured: dict = {}
+
+    def _runnable(self, schema):
+        if schema not in self._structured:
+            self._structured[schema] = self.model.with_structured_output(schema, method=self.method, include_raw=True)
+        return self._structured[schema]
+
+    def _key(self, schema, messages) -> str:
+        return request_key(self.model_id, self.method, schema, messages)
+
+    def _cached(self, config) -> bool:
+        return self.cache is not None and not config.get("configurable", {}).get("fresh")
+
+    @staticmethod
+    def _from_cache(schema, hit: dict) -> tuple[BaseModel, dict]:
+        return schema.model_validate(hit["reply"]), {"cached_calls": 1}
+
+    @staticmethod
+    def _entry(reply: BaseModel, usage: dict) -> dict:
+        return {"reply": reply.model_dump(), "usage": usage}
+
+    def __call__(self, schema, messages, config) -> tuple[BaseModel, dict]:
+        key = self._key(schema, messages)
+        hit = self.cache.get(key) if self._cached(config) else None
+        if hit:
+            return self._from_cache(schema, hit)
+        out = self._runnable(schema).invoke(messages, config)
+        reply, usage = _parsed(schema, out), _usage_of(out["raw"])
+        if self.cache is not None:
+            self.cache.put(key, self.model_id, _thread_of(config), self._entry(reply, usage))
+        return reply, usage
+
+    async def acall(self, schema, messages, config) -> tuple[BaseModel, dict]:
+        key = self._key(schema, messages)
+        hit = await self.cache.aget(key) if self._cached(config) else None
+        if hit:
+            return self._from_cache(schema, hit)
+        out = await self._runnable(schema).ainvoke(messages, config)
+        reply, usage = _parsed(schema, out), _usage_of(out["raw"])
+        if self.cache is not None:
+            await self.cache.aput(key, self.model_id, _thread_of(config), self._entry(reply, usage))
+        return reply, usage
+
+
+def _thread_of(config: RunnableConfig) -> str | None:
+    return config.get("configurable", {}).get("thread_id")
+
+
+def _node(name: str, ask: _Ask, request: Callable, apply: Callable) -> RunnableLambda:
     def sync(state: State, config: RunnableConfig) -> dict:
         schema, messages = request(state)
-        out = runnable(schema).invoke(messages, config)
-        return {**apply(state, _parsed(schema, out)), "usage": _usage_of(out["raw"])}
+        reply, usage = ask(schema, messages, config)
+        return {**apply(state, reply), "usage": usage}
 
     async def async_(state: State, config: RunnableConfig) -> dict:
         schema, messages = request(state)
-        out = await runnable(schema).ainvoke(messages, config)
-        return {**apply(state, _parsed(schema, out)), "usage": _usage_of(out["raw"])}
+        reply, usage = await ask.acall(schema, messages, config)
+        return {**apply(state, reply), "usage": usage}
 
     return RunnableLambda(sync, afunc=async_, name=name)
 
@@ -130,15 +198,57 @@ def _after_validate(state: State) -> str:
     return END if state.get("answer") else "analyze"
 
 
-def build_graph(model: BaseChatModel, *, structured_output: str = "json_schema", max_revisions: int = 2) -> StateGraph:
-    """The reasoning graph, uncompiled: the caller compiles it with whatever checkpointer it has."""
+def _first_difference(old: list, new: list) -> int:
+    """Index of the first item that differs (len of the shorter list when one is a prefix of the other)."""
+    for index, (a, b) in enumerate(zip(old, new)):
+        if a != b:
+            return index
+    return min(len(old), len(new))
+
+
+def plan_edit(old: State, new: State) -> tuple[dict, str | None]:
+    """Make an edit of the state consistent: what was derived from an edited field is dropped, to be redone.
+
+    Returns the state update and the node to attribute it to (which decides what runs next):
+    - question edited: everything is redone from analyze;
+    - plan edited: results from the first changed step on are dropped, execution resumes there;
+    - results edited: results after the edited one are dropped, execution resumes after it;
+    - anything else is written as given.
+    """
+    changed = {key for key in set(old) | set(new) if key != "usage" and old.get(key) != new.get(key)}
+    update: dict = {key: new.get(key) for key in changed}
+    if "question" in changed:
+        update.update(plan=[], results=[], draft="", answer="", validation={}, revisions=0)
+        return update, START
+    if "plan" in changed or "results" in changed:
+        plan, results = new.get("plan", []), new.get("results", [])
+        keep = _first_difference(old.get("plan", []), plan)
+        if "results" in changed:
+            keep = min(keep, _first_difference(old.get("results", []), results) + 1)
+        results = results[:keep]
+        update.update(plan=plan, results=results, draft=results[-1] if results else "", answer="", validation={})
+        return update, "execute" if results else "analyze"
+    return update, None
+
+
+def build_graph(
+    model: BaseChatModel,
+    *,
+    structured_output: str = "json_schema",
+    max_revisions: int = 2,
+    cache: ReplyCache | None = None,
+    model_id: str = "",
+) -> StateGraph:
+    """The reasoning graph, uncompiled: the caller compiles it with whatever checkpointer it has.
+
+    `cache` answers repeated requests without the model; `model_id` names the model in cache keys
+    (it must change whenever the same request could get a different reply: model name, endpoint).
+    """
+    ask = _Ask(model, model_id or model.get_name(), structured_output, cache)
     builder = StateGraph(State)
-    builder.add_node("analyze", _node("analyze", model, structured_output, _analyze_request, _analyze_apply))
-    builder.add_node("execute", _node("execute", model, structured_output, _execute_request, _execute_apply))
-    builder.add_node(
-        "validate",
-        _node("validate", model, structured_output, _validate_request, _make_validate_apply(max_revisions)),
-    )
+    builder.add_node("analyze", _node("analyze", ask, _analyze_request, _analyze_apply))
+    builder.add_node("execute", _node("execute", ask, _execute_request, _execute_apply))
+    builder.add_node("validate", _node("validate", ask, _validate_request, _make_validate_apply(max_revisions)))
     builder.add_edge(START, "analyze")
     builder.add_conditional_edges("analyze", _after_analyze, ["execute", END])
     builder.add_conditional_edges("execute", _after_execute, ["execute", "validate"])

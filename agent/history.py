@@ -1,0 +1,242 @@
+"""Reading a thread's record: checkpoint trees, field-by-field diffs, one-line summaries, and edits by path.
+
+Pure functions on stored values; the Agent classes do the I/O.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from agent.errors import BadInput
+
+SHORT_ID = 13  # "1f1e71e4-3875": LangGraph ids share a time prefix, and differ from about here on
+
+
+@dataclass(frozen=True)
+class Change:
+    """One field that differs between two checkpoints. Paths use 1-based list indices: plan.2 is step 2."""
+
+    path: str
+    kind: Literal["added", "removed", "changed"]
+    old: Any = None
+    new: Any = None
+
+
+def diff_values(old: Any, new: Any, path: str = "") -> list[Change]:
+    """Field by field; lists item by item (so an edited step shows as plan.2 changed, not the whole list)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        changes: list[Change] = []
+        for key in sorted(set(old) | set(new)):
+            sub = f"{path}.{key}" if path else str(key)
+            if key not in old:
+                changes.append(Change(sub, "added", None, new[key]))
+            elif key not in new:
+                changes.append(Change(sub, "removed", old[key], None))
+            else:
+                changes.extend(diff_values(old[key], new[key], sub))
+        return changes
+    if isinstance(old, list) and isinstance(new, list):
+        changes = []
+        for index in range(max(len(old), len(new))):
+            sub = f"{path}.{index + 1}"
+            if index >= len(old):
+                changes.append(Change(sub, "added", None, new[index]))
+            elif index >= len(new):
+                changes.append(Change(sub, "removed", old[index], None))
+            else:
+                changes.extend(diff_values(old[index], new[index], sub))
+        return changes
+    return [] if old == new else [Change(path, "changed", old, new)]
+
+
+def _short(value: Any, width: int = 40) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def summarize(node: str, old: dict, new: dict) -> str:
+    """What a checkpoint changed, in one line, in the user's words where we know the field."""
+    if node == "fork":
+        return "replay starts here (a copy of its parent)"
+    if not new.get("question"):
+        return "run requested"
+    if not old.get("question"):
+        return f"question: {_short(new['question'], 60)}"
+    parts = []
+    for change in diff_values(old, new):
+        top = change.path.split(".")[0]
+        if top in ("usage", "draft"):
+            continue  # usage moves every step; the draft repeats the last result
+        if node == "analyze" and top in ("plan", "results", "validation"):
+            part = f"plan: {len(new.get('plan', []))} steps"  # a new plan clears the old results; say only that
+        elif top == "results" and change.kind == "added" and "." in change.path:
+            part = f"step {change.path.split('.')[1]} → {_short(change.new, 30)}"
+        elif top == "validation":
+            verdict = new.get("validation") or {}
+            part = ("✓ validated" if verdict.get("ok") else "✗ rejected") if verdict else "validation cleared"
+        elif change.kind == "removed":
+            part = f"{change.path} removed"
+        else:
+            part = f"{change.path} = {_short(change.new)}"
+        if part not in parts:
+            parts.append(part)
+    return ", ".join(parts) or "no change"
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """`path=value` from --set; the value is JSON when it parses as JSON, else the plain string."""
+    path, sep, raw = text.partition("=")
+    path = path.strip()
+    if not sep or not path:
+        raise BadInput(f"--set '{text}' is not path=value (e.g. --set plan.1=\"Multiply 17 by 23\")")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return path, value
+
+
+def set_path(values: dict, path: str, value: Any, known: tuple[str, ...]) -> dict:
+    """A copy of `values` with `path` set. Lists take 1-based indices; one past the end appends."""
+    parts = path.split(".")
+    if parts[0] not in known:
+        raise BadInput(f"cannot set '{path}': '{parts[0]}' is not a state field (fields: {', '.join(known)})")
+    result = json.loads(json.dumps(values))  # a deep copy that also proves the values are plain data
+    target: Any = result
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        if isinstance(target, list):
+            if not part.isdigit() or not 1 <= int(part) <= len(target) + 1:
+                raise BadInput(f"cannot set '{path}': {'.'.join(parts[:depth]) or 'list'} has "
+                               f"{len(target)} items, so '{part}' is not 1..{len(target) + 1}")
+            index = int(part) - 1
+            if last:
+                target[index:index + 1] = [value]
+            else:
+                target = target[index]
+        elif isinstance(target, dict):
+            if last:
+                target[part] = value
+            else:
+                target = target.setdefault(part, {})
+        else:
+            raise BadInput(f"cannot set '{path}': '{'.'.join(parts[:depth])}' is a value, not a list or table")
+    return result
+
+
+def shortest_unique(ids: list[str], minimum: int = SHORT_ID) -> dict[str, str]:
+    """Like git: the shortest prefix of each id (at least `minimum` long) that no other id shares."""
+    result = {}
+    ordered = sorted(ids)
+    for i, cid in enumerate(ordered):
+        length = minimum
+        for neighbour in (ordered[i - 1] if i else "", ordered[i + 1] if i + 1 < len(ordered) else ""):
+            common = next((n for n, (a, b) in enumerate(zip(cid, neighbour)) if a != b), min(len(cid), len(neighbour)))
+            length = max(length, common + 1)
+        result[cid] = cid[:length]
+    return result
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """One row of `history`: enough for a script to rebuild the tree from parent links."""
+
+    checkpoint_id: str
+    parent_checkpoint_id: str | None
+    step: int
+    node: str  # the node whose writes made this checkpoint: input, analyze, execute, validate, fork, or edit's node
+    source: str  # LangGraph's: input, loop, update, fork
+    created_at: str | None
+    next: list[str]
+    summary: str
+    head: bool = False
+    branch_of: str | None = None  # set on a thread made by `branch`: "thread@checkpoint" it was copied from
+    edit: dict | None = None  # for checkpoints made by `fork --set`: the paths and values that were set
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ThreadInfo:
+    """One row of `threads`."""
+
+    thread_id: str
+    status: str
+    question: str
+    answer: str | None
+    updated_at: str | None
+    checkpoints: int
+    branches: int
+    head: str
+    usage: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Diff:
+    """What changed from one checkpoint to another (possibly on another branch or thread)."""
+
+    from_thread: str
+    from_checkpoint: str
+    to_thread: str
+    to_checkpoint: str
+    changes: list[Change]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def node_of(snapshot, parent) -> str:
+    """Which node wrote a checkpoint, from its metadata and its parent's `next`."""
+    meta = snapshot.metadata or {}
+    source = meta.get("source", "")
+    if source == "input":
+        return "input"
+    if source == "fork":
+        return "fork"
+    if source == "update":
+        as_node = meta.get("as_node") or ""
+        return "input" if as_node in ("__start__", "__input__") else (as_node or "edit")
+    if parent is not None and parent.next:
+        return ",".join("input" if n == "__start__" else n for n in parent.next)
+    return "?"
+
+
+def checkpoint_info(snapshot, parent, head_id: str) -> CheckpointInfo:
+    meta = snapshot.metadata or {}
+    node = node_of(snapshot, parent)
+    checkpoint_id = snapshot.config["configurable"]["checkpoint_id"]
+    parent_id = (snapshot.parent_config or {}).get("configurable", {}).get("checkpoint_id")
+    edit = json.loads(meta["edit"]) if isinstance(meta.get("edit"), str) else None
+    summary = summarize(node, (parent.values or {}) if parent is not None else {}, snapshot.values or {})
+    if edit:
+        summary = "edit: " + ", ".join(f"{k} = {_short(v)}" for k, v in edit.items())
+    return CheckpointInfo(
+        checkpoint_id=checkpoint_id,
+        parent_checkpoint_id=parent_id,
+        step=meta.get("step", 0),
+        node=node,
+        source=meta.get("source", ""),
+        created_at=snapshot.created_at,
+        next=list(snapshot.next),
+        summary=summary,
+        head=checkpoint_id == head_id,
+        branch_of=meta.get("branch_of"),
+        edit=edit,
+    )
+
+
+def build_history(snapshots: list, head_id: str) -> list[CheckpointInfo]:
+    """Rows oldest first, from a thread's snapshots (any order, every branch)."""
+    by_id = {s.config["configurable"]["checkpoint_id"]: s for s in snapshots}
+
+    def parent_of(s):
+        pid = (s.parent_config or {}).get("configurable", {}).get("checkpoint_id")
+        return by_id.get(pid)
+
+    return [checkpoint_info(s, parent_of(s), head_id) for _, s in sorted(by_id.items())]

@@ -1,0 +1,131 @@
+"""Questions about what a database holds that LangGraph's saver interface cannot answer cheaply:
+which threads exist, and which checkpoint ids of a thread start with a prefix. One SQL query each."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ThreadRow:
+    thread_id: str
+    checkpoints: int
+    head: str  # the newest checkpoint id (LangGraph's ids sort by time)
+    leaves: int  # checkpoints nobody descends from: 1 for a straight line, one more per branch
+
+
+# Root namespace only: subgraph checkpoints belong to their parent's checkpoint, not to the thread's history.
+_THREADS = """
+SELECT c.thread_id AS thread_id, COUNT(*) AS checkpoints, MAX(c.checkpoint_id) AS head,
+       SUM(CASE WHEN NOT EXISTS (
+           SELECT 1 FROM checkpoints k
+           WHERE k.thread_id = c.thread_id AND k.checkpoint_ns = '' AND k.parent_checkpoint_id = c.checkpoint_id
+       ) THEN 1 ELSE 0 END) AS leaves
+FROM checkpoints c
+WHERE c.checkpoint_ns = '' {where}
+GROUP BY c.thread_id
+ORDER BY head DESC
+"""
+_IDS = ("SELECT checkpoint_id FROM checkpoints WHERE thread_id = {p} AND checkpoint_ns = '' "
+        "AND checkpoint_id LIKE {p} ORDER BY checkpoint_id")
+
+
+def _like(prefix: str) -> str:
+    return prefix.replace("\\", "").replace("%", "").replace("_", "") + "%"
+
+
+def _rows_to_threads(rows) -> list[ThreadRow]:
+    def get(row, i, name):
+        return row[name] if isinstance(row, dict) else row[i]
+
+    return [ThreadRow(get(r, 0, "thread_id"), int(get(r, 1, "checkpoints")), get(r, 2, "head"),
+                      int(get(r, 3, "leaves"))) for r in rows]
+
+
+def _memory_threads(saver, thread: str | None) -> list[ThreadRow]:
+    result = []
+    for thread_id, namespaces in saver.storage.items():
+        if thread is not None and thread_id != thread:
+            continue
+        checkpoints = namespaces.get("", {})
+        if not checkpoints:
+            continue
+        parents = {value[2] for value in checkpoints.values()}
+        leaves = sum(1 for cid in checkpoints if cid not in parents)
+        result.append(ThreadRow(thread_id, len(checkpoints), max(checkpoints), leaves))
+    return sorted(result, key=lambda row: row.head, reverse=True)
+
+
+def _backend(saver) -> str:
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.checkpoint.postgres import PostgresSaver
+    from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+
+    if isinstance(saver, InMemorySaver):
+        return "memory"
+    return "postgres" if isinstance(saver, (PostgresSaver, AsyncPostgresSaver)) else "sqlite"
+
+
+def _threads_query(kind: str, thread: str | None) -> tuple[str, tuple]:
+    p = "%s" if kind == "postgres" else "?"
+    if thread is None:
+        return _THREADS.format(where=""), ()
+    return _THREADS.format(where=f"AND c.thread_id = {p}"), (thread,)
+
+
+def list_threads(saver, thread: str | None = None) -> list[ThreadRow]:
+    """Every thread (or just `thread`), the one with the newest checkpoint first."""
+    kind = _backend(saver)
+    if kind == "memory":
+        return _memory_threads(saver, thread)
+    sql, params = _threads_query(kind, thread)
+    if kind == "postgres":
+        with saver.conn.connection() as conn:
+            return _rows_to_threads(conn.execute(sql, params).fetchall())
+    with saver.cursor(transaction=False) as cur:
+        return _rows_to_threads(cur.execute(sql, params).fetchall())
+
+
+async def alist_threads(saver, thread: str | None = None) -> list[ThreadRow]:
+    kind = _backend(saver)
+    if kind == "memory":
+        return _memory_threads(saver, thread)
+    sql, params = _threads_query(kind, thread)
+    if kind == "postgres":
+        async with saver.conn.connection() as conn:
+            return _rows_to_threads(await (await conn.execute(sql, params)).fetchall())
+    async with saver.lock:
+        async with saver.conn.execute(sql, params) as cur:
+            return _rows_to_threads(await cur.fetchall())
+
+
+def _memory_ids(saver, thread: str, prefix: str) -> list[str]:
+    return sorted(cid for cid in saver.storage.get(thread, {}).get("", {}) if cid.startswith(prefix))
+
+
+def _first_column(rows) -> list[str]:
+    return [r["checkpoint_id"] if isinstance(r, dict) else r[0] for r in rows]
+
+
+def checkpoint_ids(saver, thread: str, prefix: str) -> list[str]:
+    """Ids of `thread`'s checkpoints that start with `prefix`, oldest first."""
+    kind = _backend(saver)
+    if kind == "memory":
+        return _memory_ids(saver, thread, prefix)
+    if kind == "postgres":
+        with saver.conn.connection() as conn:
+            return _first_column(conn.execute(_IDS.format(p="%s"), (thread, _like(prefix))).fetchall())
+    with saver.cursor(transaction=False) as cur:
+        return _first_column(cur.execute(_IDS.format(p="?"), (thread, _like(prefix))).fetchall())
+
+
+async def acheckpoint_ids(saver, thread: str, prefix: str) -> list[str]:
+    kind = _backend(saver)
+    if kind == "memory":
+        return _memory_ids(saver, thread, prefix)
+    if kind == "postgres":
+        async with saver.conn.connection() as conn:
+            return _first_column(await (await conn.execute(_IDS.format(p="%s"), (thread, _like(prefix)))).fetchall())
+    async with saver.lock:
+        async with saver.conn.execute(_IDS.format(p="?"), (thread, _like(prefix))) as cur:
+            return _first_column(await cur.fetchall())
