@@ -429,6 +429,37 @@ def escape_markup(text: str) -> str:
     return _escape(text)
 
 
+@app.command()
+def ui(
+    db: Db = None,
+    host: Annotated[str, typer.Option(
+        "--host", help="Address to listen on. Anything but this machine (127.0.0.1, ::1) needs --token.")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on; 0 takes any free port.")] = 8765,
+    write: Annotated[bool, typer.Option(
+        "--write", help="Allow replay, fork, branch and resume from the page (without it the UI only reads).")]
+    = False,
+    token: Annotated[Optional[str], typer.Option(
+        "--token", envvar="AGENT_UI_TOKEN", show_default=False,
+        help="A secret every request must carry (required with a non-local --host); the printed link has it.")]
+    = None,
+    no_browser: Annotated[bool, typer.Option("--no-browser", help="Print the address; do not open a browser.")]
+    = False,
+    debug: Debug = False,
+) -> None:
+    """Open the time-travel debugger in a browser, on this database: threads, each thread's history as a graph,
+    states, diffs - and, with --write, replay, fork, branch and resume with live progress. Ctrl+C stops it.
+    """
+
+    def body() -> int:
+        from agent.ui import serve
+
+        serve(db, host=host, port=port, write=write, token=token, open_browser=not no_browser)
+        return 0
+
+    _guard(debug, body)
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,366 @@
+"""What the web UI reads from the database, on top of AsyncAgent: a page of threads, a whole thread's record
+with every checkpoint's values, the model call behind a step, and the threads branched off a thread.
+
+The public API answers one question at a time; a page needs many at once. What it lacks (paged threads,
+history with values) is done here through the agent's own saver and reader graph, in one place.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.api import AsyncAgent, RunResult
+from agent.history import CheckpointInfo, ThreadInfo, build_history
+
+PAGE_SIZE = 50
+# A thread's record is rebuilt when its newest checkpoint or its count changes, and at the latest after
+# this long: a run that fails adds its error to the last checkpoint without adding a checkpoint.
+RECORD_TTL_S = 10.0
+# A filtered thread list reads the head of every thread it has not seen yet, this long per request at most;
+# the page says how far it got and asks again.
+SCAN_BUDGET_S = 1.5
+
+
+@dataclass(frozen=True)
+class ThreadSummary:
+    """A row of the thread list: `threads --json`'s fields and the steps carried out of the plan."""
+
+    thread_id: str
+    status: str
+    question: str
+    answer: str | None
+    updated_at: str | None
+    checkpoints: int
+    branches: int
+    head: str
+    usage: dict
+    steps: str  # "2/4": results of the current plan
+
+
+@dataclass(frozen=True)
+class ThreadPage:
+    threads: list[ThreadSummary]
+    total: int  # threads that match, as far as the scan got
+    scanned: int  # threads looked at so far (== total threads when the scan is complete)
+    all_threads: int
+    page: int
+    pages: int
+
+    @property
+    def complete(self) -> bool:
+        return self.scanned >= self.all_threads
+
+
+@dataclass
+class Record:
+    """A whole thread as stored: rows oldest first, and each checkpoint's values and error (if its step failed)."""
+
+    thread: str
+    rows: list[CheckpointInfo]
+    values: dict[str, dict]
+    errors: dict[str, str]
+    models: dict[str, str]
+    head: str
+    branches_into: list[tuple[str, str]] = field(default_factory=list)  # (thread, checkpoint it was copied from)
+    read_at: float = 0.0
+
+    def row(self, checkpoint_id: str) -> CheckpointInfo | None:
+        return next((r for r in self.rows if r.checkpoint_id == checkpoint_id), None)
+
+    @property
+    def branch_of(self) -> tuple[str, str] | None:
+        origin = next((r.branch_of for r in self.rows if r.branch_of), None)
+        if not origin or "@" not in origin:
+            return None
+        thread, _, checkpoint = origin.rpartition("@")
+        return thread, checkpoint
+
+
+@dataclass(frozen=True)
+class ModelCall:
+    """The request a step sent to the model, rebuilt from the state it started from, and the stored reply."""
+
+    node: str
+    schema: str
+    messages: list[tuple[str, str]]
+    reply: dict | None  # from the reply cache; None when it is not there (see `why_missing`)
+    cached_usage: dict | None
+    key: str
+    why_missing: str = ""
+
+
+def _like(text: str) -> str:
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+class Store:
+    """Reads for the pages, on one AsyncAgent (one database) for the life of the server."""
+
+    def __init__(self, agent: AsyncAgent):
+        self.agent = agent
+        self._records: dict[str, Record] = {}
+        self._heads: dict[str, tuple[str, ThreadSummary]] = {}  # thread -> (head id, its row), for filtering
+        self.running: set[str] = set()  # threads this server is running now
+
+    # The agent's saver and a graph to read states with: the API's own, so reads match what it shows.
+    @property
+    def _saver(self):
+        return self.agent._core.saver
+
+    def _reader(self):
+        return self.agent._core.reader()
+
+    def _config(self, thread: str, checkpoint: str | None = None) -> dict:
+        return self.agent._core.config(thread, checkpoint)
+
+    def _kind(self) -> str:
+        from savers.catalog import _backend
+
+        return _backend(self._saver)
+
+    async def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        kind = self._kind()
+        if kind == "postgres":
+            async with self._saver.conn.connection() as conn:
+                rows = await (await conn.execute(sql.replace("?", "%s"), params)).fetchall()
+            return [tuple(r.values()) if isinstance(r, dict) else tuple(r) for r in rows]
+        async with self._saver.lock:
+            async with self._saver.conn.execute(sql, params) as cur:
+                return [tuple(r) for r in await cur.fetchall()]
+
+    # -- threads -----------------------------------------------------------------------------------------
+
+    async def _thread_rows(self, match: str = "") -> list:
+        """(thread_id, checkpoints, head) of every thread, newest first, in one query; `match` filters ids."""
+        from savers.catalog import ThreadRow
+
+        if self._kind() == "memory":
+            from savers.catalog import alist_threads
+
+            return [r for r in await alist_threads(self._saver) if match.lower() in r.thread_id.lower()]
+        where, params = "", ()
+        if match:
+            where, params = " AND LOWER(thread_id) LIKE ? ESCAPE '\\'", (_like(match.lower()),)
+        rows = await self._query(
+            "SELECT thread_id, COUNT(*), MAX(checkpoint_id) FROM checkpoints WHERE checkpoint_ns = ''"
+            f"{where} GROUP BY thread_id ORDER BY MAX(checkpoint_id) DESC", params)
+        return [ThreadRow(r[0], int(r[1]), r[2], 1) for r in rows]
+
+    async def _info(self, row) -> ThreadSummary:
+        from savers.catalog import alist_threads
+
+        cached = self._heads.get(row.thread_id)
+        if cached and cached[0] == row.head and row.thread_id not in self.running:
+            return cached[1]
+        [full] = await alist_threads(self._saver, row.thread_id) or [row]  # with its branch count
+        snapshot = await self._reader().aget_state(self._config(row.thread_id))
+        info: ThreadInfo = self.agent._core.thread_info(full, snapshot)
+        values = snapshot.values or {}
+        fields = {**{k: v for k, v in info.to_dict().items() if k in ThreadSummary.__dataclass_fields__}, "steps": f"{len(values.get('results') or [])}/{len(values.get('plan') or [])}"}
+        if row.thread_id in self.running:
+            fields["status"] = "running"
+        info = ThreadSummary(**fields)
+        if row.thread_id not in self.running:
+            self._heads[row.thread_id] = (full.head, info)
+        return info
+
+    async def threads(self, query: str = "", status: str = "", page: int = 1) -> ThreadPage:
+        """A page of threads, newest first. `query` matches the thread id or the question (any case);
+        `status` keeps one status. Without either, only the threads on the page are read."""
+        query = query.strip()
+        if not query and not status:
+            rows = await self._thread_rows()
+            pages = max(1, -(-len(rows) // PAGE_SIZE))
+            page = min(max(page, 1), pages)
+            chosen = rows[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
+            return ThreadPage([await self._info(r) for r in chosen], len(rows), len(rows), len(rows), page, pages)
+        rows = await self._thread_rows()
+        needle = query.lower()
+        matches, scanned, deadline = [], 0, time.monotonic() + SCAN_BUDGET_S
+        for row in rows:
+            known = self._heads.get(row.thread_id)
+            if not (known and known[0] == row.head) and time.monotonic() > deadline:
+                break
+            info = await self._info(row)
+            scanned += 1
+            if status and info.status != status:
+                continue
+            if needle and needle not in row.thread_id.lower() and needle not in (info.question or "").lower():
+                continue
+            matches.append(info)
+        pages = max(1, -(-len(matches) // PAGE_SIZE))
+        page = min(max(page, 1), pages)
+        return ThreadPage(matches[(page - 1) * PAGE_SIZE: page * PAGE_SIZE], len(matches), scanned, len(rows),
+                          page, pages)
+
+    async def thread_ids(self, limit: int = 200) -> list[str]:
+        return [r.thread_id for r in (await self._thread_rows())[:limit]]
+
+    # -- one thread --------------------------------------------------------------------------------------
+
+    async def record(self, thread: str) -> Record:
+        """Every checkpoint of a thread with its values; cached while the thread does not change."""
+        from savers.catalog import alist_threads
+
+        rows = await alist_threads(self._saver, thread)
+        if not rows:
+            await self.agent.result(thread)  # raises ThreadNotFound with the API's own message
+        head = rows[0].head
+        cached = self._records.get(thread)
+        if (cached and cached.head == head and len(cached.rows) == rows[0].checkpoints
+                and time.monotonic() - cached.read_at < RECORD_TTL_S and thread not in self.running):
+            return cached
+        snapshots = [s async for s in self._reader().aget_state_history(self._config(thread))]
+        ids = [s.config["configurable"]["checkpoint_id"] for s in snapshots]
+        errors = {}
+        for cid, s in zip(ids, snapshots):
+            error = next((str(t.error) for t in s.tasks if getattr(t, "error", None)), None)
+            if error:
+                errors[cid] = error
+        record = Record(
+            thread=thread,
+            rows=build_history(snapshots, head),
+            values={cid: dict(s.values or {}) for cid, s in zip(ids, snapshots)},
+            errors=errors,
+            models={cid: (s.metadata or {}).get("model") or "" for cid, s in zip(ids, snapshots)},
+            head=head,
+            branches_into=await self._branches_into(thread),
+            read_at=time.monotonic(),
+        )
+        self._records[thread] = record
+        return record
+
+    async def _branches_into(self, thread: str) -> list[tuple[str, str]]:
+        """Threads made by `branch` from this one: their first checkpoint records `branch_of: thread@C`."""
+        kind = self._kind()
+        if kind == "memory":
+            return []
+        prefix = thread.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "@%"
+        if kind == "postgres":
+            sql = ("SELECT thread_id, metadata->>'branch_of' FROM checkpoints WHERE checkpoint_ns = '' "
+                   "AND parent_checkpoint_id IS NULL AND metadata->>'branch_of' LIKE ? ESCAPE '\\'")
+        else:
+            sql = ("SELECT thread_id, json_extract(CAST(metadata AS TEXT), '$.branch_of') FROM checkpoints "
+                   "WHERE checkpoint_ns = '' AND parent_checkpoint_id IS NULL "
+                   "AND json_extract(CAST(metadata AS TEXT), '$.branch_of') LIKE ? ESCAPE '\\'")
+        rows = await self._query(sql, (prefix,))
+        return sorted((r[0], r[1].rpartition("@")[2]) for r in rows if r[0] != thread)
+
+    def forget(self, thread: str) -> None:
+        self._records.pop(thread, None)
+        self._heads.pop(thread, None)
+
+    async def result_at(self, thread: str, checkpoint: str) -> RunResult:
+        snapshot = await self._reader().aget_state(self._config(thread, checkpoint))
+        return self.agent._core.result(thread, snapshot)
+
+    async def snapshot(self, thread: str, checkpoint: str):
+        return await self._reader().aget_state(self._config(thread, checkpoint))
+
+    async def preview_edit(self, thread: str, checkpoint: str, values: dict[str, Any],
+                           as_node: str | None) -> tuple[dict, dict, list[str]]:
+        """What `fork` would write, without writing it: the state before, the edited state, and what runs next.
+
+        The edit is applied exactly as `fork` applies it (the API's edit rules, LangGraph's update_state), but
+        to a copy of the one checkpoint in a throwaway in-memory saver.
+        """
+        from langgraph.checkpoint.memory import InMemorySaver
+
+        from agent.offline import OfflineChatModel
+        from graphs.cot import build_graph
+
+        view = await self.agent.state(thread, checkpoint)  # resolves a prefix; ThreadNotFound etc. as the API
+        snapshot = await self.snapshot(thread, view.checkpoint.checkpoint_id)
+        update, node, _ = self.agent._core.edit(snapshot, values, as_node)
+        tup = await self._saver.aget_tuple(snapshot.config)
+        scratch = InMemorySaver()
+        config = {"configurable": {"thread_id": "preview", "checkpoint_ns": ""}}
+        stored = scratch.put(config, tup.checkpoint, tup.metadata, dict(tup.checkpoint.get("channel_versions", {})))
+        by_task: dict[str, list] = {}
+        for task_id, channel, value in tup.pending_writes or []:
+            by_task.setdefault(task_id, []).append((channel, value))
+        for task_id, writes in by_task.items():
+            scratch.put_writes(stored, writes, task_id)
+        graph = build_graph(OfflineChatModel(), max_revisions=self.agent.settings.max_revisions).compile(
+            checkpointer=scratch)
+        edited = graph.get_state(graph.update_state(stored, update, as_node=node))
+        nxt = ["input" if n == "__start__" else n for n in edited.next]
+        return dict(snapshot.values or {}), dict(edited.values or {}), nxt
+
+    # -- the model call behind a step ---------------------------------------------------------------------
+
+    async def model_call(self, record: Record, row: CheckpointInfo) -> ModelCall | None:
+        """The request the node that wrote `row` sent, rebuilt from its parent's state (the node's input) with
+        the graph's own request builders, and the reply stored for exactly that request, if any."""
+        from agent.models import model_identity
+        from graphs import cot
+
+        builders = {"analyze": cot._analyze_request, "execute": cot._execute_request,
+                    "validate": cot._validate_request}
+        if row.source != "loop" or row.node not in builders or row.parent_checkpoint_id not in record.values:
+            return None
+        state = record.values[row.parent_checkpoint_id]
+        try:
+            schema, messages = builders[row.node](state)
+        except (KeyError, IndexError):
+            return None
+        spec = record.models.get(row.checkpoint_id) or "offline"
+        cache = getattr(self._saver, "response_cache", None)
+        try:
+            model_id = model_identity(spec)
+        except Exception:  # a spec this version does not know: show the request without a reply
+            model_id = spec
+        first = self.agent.settings.structured_output
+        key = ""
+        for method in (first, "function_calling" if first == "json_schema" else "json_schema"):
+            key = request_key(model_id, method, schema, messages)
+            hit = await cache.aget(key) if cache is not None else None
+            if hit:
+                return ModelCall(row.node, schema.__name__, list(messages), hit.get("reply"), hit.get("usage"), key)
+        why = ("this database keeps no reply cache" if cache is None else
+               f"no reply stored for this request under model '{model_id}' (a different endpoint or "
+               "structured-output method than this server's, or the reply was never stored)")
+        return ModelCall(row.node, schema.__name__, list(messages), None, None, key, why)
+
+    # -- export --------------------------------------------------------------------------------------------
+
+    async def export(self, thread: str, upto: str | None = None) -> dict[str, Any]:
+        """The thread (or the lineage ending at `upto`) as `history --json` rows, each with its `show --json`
+        state: `{format, thread_id, exported_at, checkpoints: [...]}`."""
+        from datetime import datetime, timezone
+
+        record = await self.record(thread)
+        rows = record.rows
+        if upto:
+            by_id = {r.checkpoint_id: r for r in rows}
+            lineage, current = [], by_id.get(upto)
+            while current is not None:
+                lineage.append(current)
+                current = by_id.get(current.parent_checkpoint_id or "")
+            rows = list(reversed(lineage))
+        checkpoints = []
+        for row in rows:
+            result = (await self.result_at(thread, row.checkpoint_id)).to_dict()
+            checkpoints.append({
+                "thread_id": thread, **row.to_dict(),
+                **{k: result[k] for k in ("status", "question", "steps", "answer", "validation", "usage", "error")},
+                "values": record.values.get(row.checkpoint_id, {}),
+            })
+        return {"format": "agent-history-json/1", "thread_id": thread, "branch_head": upto,
+                "exported_at": datetime.now(timezone.utc).isoformat(), "checkpoints": checkpoints}
+
+
+def request_key(model_id: str, method: str, schema, messages) -> str:
+    # The reply cache's own key function; it moved from graphs.cot to graphs.ask, so take it where it is.
+    try:
+        from graphs.ask import request_key as key
+    except ImportError:
+        from graphs.cot import request_key as key
+    return key(model_id, method, schema, messages)
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, indent=2, sort_keys=True, default=str)
