@@ -290,3 +290,18 @@ def test_side_by_side_matches_list_items():
     assert [(c.kind, c.new) for c in fields["plan"].cells] == [("same", "a"), ("added", "new"), ("same", "b"),
                                                                 ("same", "c")]
     assert fields["answer"].kind == "same"
+
+
+def test_model_call_of_a_remote_model_is_found_whatever_endpoint_the_ui_runs_with(db_url, llm, monkeypatch):
+    with Agent(db=db_url, model="openai:gpt-4o-mini") as agent:
+        agent.reason(QUESTION, thread="remote")
+        step_1 = next(r for r in agent.history("remote") if r.summary.startswith("step 1"))
+    monkeypatch.delenv("OPENAI_BASE_URL")  # the UI is started without the endpoint the run used
+
+    async def scenario(client, agent):
+        return (await client.get("/checkpoint", params={"t": "remote", "c": step_1.checkpoint_id},
+                                 headers={"hx-request": "true"})).text
+
+    detail = ui(db_url, scenario).replace("&#34;", '"')
+    assert "Carry out step 1: Multiply 17 by 23" in detail and '"result": "391"' in detail
+    assert "first paid for:" in detail

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from agent.api import AsyncAgent, RunResult
@@ -92,8 +92,9 @@ class ModelCall:
     why_missing: str = ""
 
 
-def _like(text: str) -> str:
-    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+def _escaped(text: str) -> str:
+    """`text` literal inside a LIKE pattern with ESCAPE '\\'."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 class Store:
@@ -133,68 +134,76 @@ class Store:
 
     # -- threads -----------------------------------------------------------------------------------------
 
-    async def _thread_rows(self, match: str = "") -> list:
-        """(thread_id, checkpoints, head) of every thread, newest first, in one query; `match` filters ids."""
-        from savers.catalog import ThreadRow
+    async def _thread_rows(self) -> list:
+        """(thread_id, checkpoints, head) of every thread, newest first, in one query."""
+        from savers.catalog import ThreadRow, alist_threads
 
         if self._kind() == "memory":
-            from savers.catalog import alist_threads
-
-            return [r for r in await alist_threads(self._saver) if match.lower() in r.thread_id.lower()]
-        where, params = "", ()
-        if match:
-            where, params = " AND LOWER(thread_id) LIKE ? ESCAPE '\\'", (_like(match.lower()),)
+            return await alist_threads(self._saver)
         rows = await self._query(
-            "SELECT thread_id, COUNT(*), MAX(checkpoint_id) FROM checkpoints WHERE checkpoint_ns = ''"
-            f"{where} GROUP BY thread_id ORDER BY MAX(checkpoint_id) DESC", params)
+            "SELECT thread_id, COUNT(*), MAX(checkpoint_id) FROM checkpoints WHERE checkpoint_ns = '' "
+            "GROUP BY thread_id ORDER BY MAX(checkpoint_id) DESC")
+        # leaves=1 stands in until a row is shown: counting branches costs a query per thread (`_shown`).
         return [ThreadRow(r[0], int(r[1]), r[2], 1) for r in rows]
 
-    async def _info(self, row) -> ThreadSummary:
-        from savers.catalog import alist_threads
-
+    async def _summary(self, row) -> ThreadSummary:
+        """A thread's row from its head alone (branches are counted only for rows shown: `_shown`)."""
         cached = self._heads.get(row.thread_id)
         if cached and cached[0] == row.head and row.thread_id not in self.running:
             return cached[1]
-        [full] = await alist_threads(self._saver, row.thread_id) or [row]  # with its branch count
         snapshot = await self._reader().aget_state(self._config(row.thread_id))
-        info: ThreadInfo = self.agent._core.thread_info(full, snapshot)
+        info: ThreadInfo = self.agent._core.thread_info(row, snapshot)
         values = snapshot.values or {}
-        fields = {**{k: v for k, v in info.to_dict().items() if k in ThreadSummary.__dataclass_fields__}, "steps": f"{len(values.get('results') or [])}/{len(values.get('plan') or [])}"}
+        fields = {k: v for k, v in info.to_dict().items() if k in ThreadSummary.__dataclass_fields__}
+        fields["steps"] = f"{len(values.get('results') or [])}/{len(values.get('plan') or [])}"
         if row.thread_id in self.running:
             fields["status"] = "running"
-        info = ThreadSummary(**fields)
+        summary = ThreadSummary(**fields)
         if row.thread_id not in self.running:
-            self._heads[row.thread_id] = (full.head, info)
-        return info
+            self._heads[row.thread_id] = (row.head, summary)
+        return summary
+
+    async def _shown(self, summary: ThreadSummary) -> ThreadSummary:
+        from savers.catalog import alist_threads
+
+        found = await alist_threads(self._saver, summary.thread_id)
+        if not found:
+            return summary
+        return replace(summary, checkpoints=found[0].checkpoints, branches=max(0, found[0].leaves - 1))
 
     async def threads(self, query: str = "", status: str = "", page: int = 1) -> ThreadPage:
         """A page of threads, newest first. `query` matches the thread id or the question (any case);
         `status` keeps one status. Without either, only the threads on the page are read."""
         query = query.strip()
+        rows = await self._thread_rows()
         if not query and not status:
-            rows = await self._thread_rows()
             pages = max(1, -(-len(rows) // PAGE_SIZE))
             page = min(max(page, 1), pages)
             chosen = rows[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
-            return ThreadPage([await self._info(r) for r in chosen], len(rows), len(rows), len(rows), page, pages)
-        rows = await self._thread_rows()
+            shown = [await self._shown(await self._summary(r)) for r in chosen]
+            return ThreadPage(shown, len(rows), len(rows), len(rows), page, pages)
         needle = query.lower()
         matches, scanned, deadline = [], 0, time.monotonic() + SCAN_BUDGET_S
         for row in rows:
+            id_match = bool(needle) and needle in row.thread_id.lower()
+            if id_match and not status:  # no need to read the thread to know it matches
+                matches.append(row)
+                scanned += 1
+                continue
             known = self._heads.get(row.thread_id)
             if not (known and known[0] == row.head) and time.monotonic() > deadline:
                 break
-            info = await self._info(row)
+            summary = await self._summary(row)
             scanned += 1
-            if status and info.status != status:
+            if status and summary.status != status:
                 continue
-            if needle and needle not in row.thread_id.lower() and needle not in (info.question or "").lower():
+            if needle and not id_match and needle not in (summary.question or "").lower():
                 continue
-            matches.append(info)
+            matches.append(row)
         pages = max(1, -(-len(matches) // PAGE_SIZE))
         page = min(max(page, 1), pages)
-        return ThreadPage(matches[(page - 1) * PAGE_SIZE: page * PAGE_SIZE], len(matches), scanned, len(rows),
-                          page, pages)
+        shown = [await self._shown(await self._summary(r)) for r in matches[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]]
+        return ThreadPage(shown, len(matches), scanned, len(rows), page, pages)
 
     async def thread_ids(self, limit: int = 200) -> list[str]:
         return [r.thread_id for r in (await self._thread_rows())[:limit]]
@@ -238,7 +247,7 @@ class Store:
         kind = self._kind()
         if kind == "memory":
             return []
-        prefix = thread.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "@%"
+        prefix = _escaped(thread) + "@%"
         if kind == "postgres":
             sql = ("SELECT thread_id, metadata->>'branch_of' FROM checkpoints WHERE checkpoint_ns = '' "
                    "AND parent_checkpoint_id IS NULL AND metadata->>'branch_of' LIKE ? ESCAPE '\\'")
@@ -295,7 +304,6 @@ class Store:
     async def model_call(self, record: Record, row: CheckpointInfo) -> ModelCall | None:
         """The request the node that wrote `row` sent, rebuilt from its parent's state (the node's input) with
         the graph's own request builders, and the reply stored for exactly that request, if any."""
-        from agent.models import model_identity
         from graphs import cot
 
         builders = {"analyze": cot._analyze_request, "execute": cot._execute_request,
@@ -309,21 +317,36 @@ class Store:
             return None
         spec = record.models.get(row.checkpoint_id) or "offline"
         cache = getattr(self._saver, "response_cache", None)
-        try:
-            model_id = model_identity(spec)
-        except Exception:  # a spec this version does not know: show the request without a reply
-            model_id = spec
         first = self.agent.settings.structured_output
+        methods = (first, "function_calling" if first == "json_schema" else "json_schema")
         key = ""
-        for method in (first, "function_calling" if first == "json_schema" else "json_schema"):
-            key = request_key(model_id, method, schema, messages)
-            hit = await cache.aget(key) if cache is not None else None
-            if hit:
-                return ModelCall(row.node, schema.__name__, list(messages), hit.get("reply"), hit.get("usage"), key)
+        for model_id in await self._model_ids(spec):
+            for method in methods:
+                key = request_key(model_id, method, schema, messages)
+                hit = await cache.aget(key) if cache is not None else None
+                if hit:
+                    return ModelCall(row.node, schema.__name__, list(messages), hit.get("reply"), hit.get("usage"),
+                                     key)
         why = ("this database keeps no reply cache" if cache is None else
-               f"no reply stored for this request under model '{model_id}' (a different endpoint or "
-               "structured-output method than this server's, or the reply was never stored)")
+               f"no reply is stored for exactly this request of '{spec}' (asked with --fresh after the first "
+               "reply, or the cache was cleared)")
         return ModelCall(row.node, schema.__name__, list(messages), None, None, key, why)
+
+    async def _model_ids(self, spec: str) -> list[str]:
+        """The names the reply cache may know this model by: as this process would name it, and as the
+        processes that ran it did (the name includes the endpoint, which may differ from ours)."""
+        from agent.models import model_identity
+
+        try:
+            ids = [model_identity(spec)]
+        except Exception:  # a spec this version does not know: look it up as recorded
+            ids = [spec]
+        if self._kind() != "memory":
+            prefix = _escaped(spec) + "@%"
+            rows = await self._query("SELECT DISTINCT model FROM agent_llm_cache WHERE model = ? OR model LIKE ? "
+                                     "ESCAPE '\\'", (spec, prefix))
+            ids += [r[0] for r in rows if r[0] not in ids]
+        return ids
 
     # -- export --------------------------------------------------------------------------------------------
 
