@@ -18,6 +18,18 @@ SQLITE = [
         created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
     )""",
     "CREATE INDEX IF NOT EXISTS agent_llm_cache_thread ON agent_llm_cache (thread_id)",
+    # Channel values stored apart from their checkpoints, once per version (savers/compact.py); `base` is the
+    # version a delta extends. WITHOUT ROWID: the primary key is the table, not a second copy of the keys.
+    """CREATE TABLE IF NOT EXISTS agent_blobs (
+        thread_id TEXT NOT NULL,
+        checkpoint_ns TEXT NOT NULL DEFAULT '',
+        channel TEXT NOT NULL,
+        version TEXT NOT NULL,
+        type TEXT NOT NULL,
+        blob BLOB,
+        base TEXT,
+        PRIMARY KEY (thread_id, checkpoint_ns, channel, version)
+    ) WITHOUT ROWID""",
 ]
 
 POSTGRES = [
@@ -30,6 +42,8 @@ POSTGRES = [
         created_at TIMESTAMPTZ NOT NULL DEFAULT now()
     )""",
     "CREATE INDEX IF NOT EXISTS agent_llm_cache_thread ON agent_llm_cache (thread_id)",
+    # The version a stored value extends when it is a delta (savers/compact.py); NULL for a whole value.
+    "ALTER TABLE checkpoint_blobs ADD COLUMN IF NOT EXISTS base TEXT",
 ]
 
 # Two processes starting at once against a fresh Postgres must not both run the same migration.

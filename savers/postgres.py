@@ -5,31 +5,291 @@ Connection problems surface before any work starts, as one StorageError naming h
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import asyncio
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from functools import cached_property
+from functools import cached_property, lru_cache
+from typing import Any
 
+import orjson
 import psycopg
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import (
+    WRITES_IDX_MAP,
+    BaseCheckpointSaver,
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    CheckpointTuple,
+    get_checkpoint_id,
+    get_serializable_checkpoint_metadata,
+    writes_sort_key,
+)
 from langgraph.checkpoint.postgres import PostgresSaver
 from langgraph.checkpoint.postgres._ainternal import get_connection as aget_connection
 from langgraph.checkpoint.postgres._internal import get_connection
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 from savers.cache import AsyncPostgresCache, PostgresCache
+from savers.compact import DELTA, Chains, Decoder, MissingBase, delta_base, split_values
 from savers.errors import StorageError
 from savers.migrations import amigrate_postgres, migrate_postgres
+from savers.threads import no_checkpoint, prune_args, refuse_delta_threads, target_exists
 
 # Unreachable servers must fail within seconds, not hang on the OS default (minutes).
 CONNECT_TIMEOUT_S = 5
 POOL_MAX_SIZE = 10
+# Serializes schema setup across processes; released when the setup connection closes.
+SETUP_LOCK_KEY = 7216450980
 # autocommit and dict rows are what the official savers expect; prepare_threshold=0 prepares
 # statements on first use, which is what makes repeated checkpoint writes cheap.
 CONNECTION_KWARGS = {"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row}
 
 
-class Postgres(PostgresSaver):
-    """The official PostgresSaver, plus our tables (migrated in setup) and the model-reply cache."""
+# -- SQL: one statement per saver call on the hot path (one round trip, one transaction) ---------------------
+
+_CHECKPOINT_COLUMNS = "thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint, metadata"
+_WRITE_COLUMNS = "thread_id, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, type, blob"
+_UPSERT_CHECKPOINT = (f"INSERT INTO checkpoints ({_CHECKPOINT_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s) "
+                      "ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id) "
+                      "DO UPDATE SET checkpoint = EXCLUDED.checkpoint, metadata = EXCLUDED.metadata")
+
+
+@lru_cache(maxsize=64)
+def put_sql(n_blobs: int) -> str:
+    """The checkpoint and its n values stored apart, in one statement (a data-modifying CTE always runs).
+    Scalar parameters, one VALUES row each: psycopg dumps them in C, where arrays are dumped in Python."""
+    if not n_blobs:
+        return _UPSERT_CHECKPOINT
+    rows = ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * n_blobs)
+    return (f"WITH blobs AS (INSERT INTO checkpoint_blobs (thread_id, checkpoint_ns, channel, version, type, blob, "
+            f"base) VALUES {rows} ON CONFLICT (thread_id, checkpoint_ns, channel, version) DO NOTHING) "
+            + _UPSERT_CHECKPOINT)
+
+
+@lru_cache(maxsize=64)
+def writes_sql(n_writes: int, upsert: bool) -> str:
+    rows = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s)"] * n_writes)
+    conflict = ("DO UPDATE SET channel = EXCLUDED.channel, type = EXCLUDED.type, blob = EXCLUDED.blob"
+                if upsert else "DO NOTHING")
+    return (f"INSERT INTO checkpoint_writes ({_WRITE_COLUMNS}) VALUES {rows} "
+            f"ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) {conflict}")
+
+
+_SELECT = f"""
+SELECT {_CHECKPOINT_COLUMNS},
+    (SELECT array_agg(array[w.task_id::bytea, w.channel::bytea, w.type::bytea, w.blob,
+                            convert_to(w.task_path, 'UTF8'), w.idx::text::bytea])
+     FROM checkpoint_writes w WHERE w.thread_id = c.thread_id AND w.checkpoint_ns = c.checkpoint_ns
+       AND w.checkpoint_id = c.checkpoint_id) AS writes
+FROM checkpoints c """
+SELECT_ONE_SQL = _SELECT + "WHERE thread_id = %s AND checkpoint_ns = %s AND checkpoint_id = %s"
+SELECT_LATEST_SQL = _SELECT + "WHERE thread_id = %s AND checkpoint_ns = %s ORDER BY checkpoint_id DESC LIMIT 1"
+# Blobs asked for, as parallel arrays of (namespace, channel, version), and every base their deltas extend.
+SELECT_BLOBS_SQL = """
+WITH RECURSIVE chain AS (
+    SELECT b.checkpoint_ns, b.channel, b.version, b.type, b.blob, b.base
+    FROM unnest(%(ns)s::text[], %(channels)s::text[], %(versions)s::text[]) AS w(checkpoint_ns, channel, version)
+    JOIN checkpoint_blobs b ON b.thread_id = %(thread_id)s AND b.checkpoint_ns = w.checkpoint_ns
+      AND b.channel = w.channel AND b.version = w.version
+    UNION ALL
+    SELECT b.checkpoint_ns, b.channel, b.version, b.type, b.blob, b.base FROM chain c
+    JOIN checkpoint_blobs b ON b.thread_id = %(thread_id)s AND b.checkpoint_ns = c.checkpoint_ns
+      AND b.channel = c.channel AND b.version = c.base
+)
+SELECT DISTINCT checkpoint_ns, channel, version, type, blob FROM chain"""
+TABLES = ("checkpoints", "checkpoint_writes", "checkpoint_blobs")
+DELETE_THREADS_SQL = tuple(f"DELETE FROM {t} WHERE thread_id = ANY(%s)" for t in TABLES)
+DELETE_RUNS_SQL = """
+WITH gone AS (
+    DELETE FROM checkpoints WHERE metadata ->> 'run_id' = ANY(%s)
+    RETURNING thread_id, checkpoint_ns, checkpoint_id
+)
+DELETE FROM checkpoint_writes w USING gone g
+WHERE w.thread_id = g.thread_id AND w.checkpoint_ns = g.checkpoint_ns AND w.checkpoint_id = g.checkpoint_id"""
+SELECT_DELTA_THREADS_SQL = ("SELECT DISTINCT thread_id FROM checkpoints WHERE thread_id = ANY(%s) "
+                            "AND metadata ? 'counters_since_delta_snapshot'")
+SELECT_HEADS_SQL = (_SELECT + "WHERE thread_id = %s AND checkpoint_id = (SELECT max(checkpoint_id) FROM checkpoints k "
+                    "WHERE k.thread_id = c.thread_id AND k.checkpoint_ns = c.checkpoint_ns)")
+EXISTS_THREAD_SQL = "SELECT 1 FROM checkpoints WHERE thread_id = %s LIMIT 1"
+SELECT_LINEAGE_SQL = """
+WITH RECURSIVE lineage AS (
+    SELECT checkpoint_id, parent_checkpoint_id FROM checkpoints
+    WHERE thread_id = %(source)s AND checkpoint_ns = '' AND checkpoint_id = %(up_to)s
+    UNION
+    SELECT c.checkpoint_id, c.parent_checkpoint_id FROM lineage l JOIN checkpoints c
+      ON c.thread_id = %(source)s AND c.checkpoint_ns = '' AND c.checkpoint_id = l.parent_checkpoint_id
+)
+SELECT checkpoint_id FROM lineage"""
+_CHECKPOINT_REST = _CHECKPOINT_COLUMNS.split(", ", 1)[1]
+_WRITE_REST = _WRITE_COLUMNS.split(", ", 1)[1]
+_BLOB_REST = "checkpoint_ns, channel, version, type, blob, base"
+COPY_ALL_SQL = (
+    f"INSERT INTO checkpoints ({_CHECKPOINT_COLUMNS}) SELECT %(target)s, {_CHECKPOINT_REST} FROM checkpoints "
+    "WHERE thread_id = %(source)s",
+    f"INSERT INTO checkpoint_writes ({_WRITE_COLUMNS}) SELECT %(target)s, {_WRITE_REST} FROM checkpoint_writes "
+    "WHERE thread_id = %(source)s",
+    f"INSERT INTO checkpoint_blobs (thread_id, {_BLOB_REST}) SELECT %(target)s, {_BLOB_REST} FROM checkpoint_blobs "
+    "WHERE thread_id = %(source)s",
+)
+# A lineage's root-namespace checkpoints, and the subgraph checkpoints made during the steps from them (not
+# from the last one: its next step is not part of the lineage).
+_IN_LINEAGE = ("((c.checkpoint_ns = '' AND c.checkpoint_id = ANY(%(root)s)) OR "
+               "(c.checkpoint_ns <> '' AND c.metadata -> 'parents' ->> '' = ANY(%(sub)s)))")
+COPY_LINEAGE_SQL = (
+    f"INSERT INTO checkpoints ({_CHECKPOINT_COLUMNS}) SELECT %(target)s, {_CHECKPOINT_REST} FROM checkpoints c "
+    f"WHERE c.thread_id = %(source)s AND {_IN_LINEAGE}",
+    # Their writes, but not the last checkpoint's: they belong to the step after it.
+    f"INSERT INTO checkpoint_writes ({_WRITE_COLUMNS}) SELECT %(target)s, {_WRITE_REST} FROM checkpoint_writes w "
+    "WHERE w.thread_id = %(source)s AND NOT (w.checkpoint_ns = '' AND w.checkpoint_id = %(up_to)s) AND EXISTS ("
+    "SELECT 1 FROM checkpoints c WHERE c.thread_id = w.thread_id AND c.checkpoint_ns = w.checkpoint_ns "
+    f"AND c.checkpoint_id = w.checkpoint_id AND {_IN_LINEAGE})",
+    COPY_ALL_SQL[2],
+)
+INSERT_BLOB_SQL = (f"INSERT INTO checkpoint_blobs (thread_id, {_BLOB_REST}) VALUES (%s, %s, %s, %s, %s, %s, NULL) "
+                   "ON CONFLICT DO NOTHING")
+INSERT_CHECKPOINT_SQL = f"INSERT INTO checkpoints ({_CHECKPOINT_COLUMNS}) VALUES (%s, %s, %s, NULL, %s, %s)"
+INSERT_WRITE_SQL = f"INSERT INTO checkpoint_writes ({_WRITE_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+
+
+def _jsonb(value: Any) -> Jsonb:
+    return Jsonb(value, dumps=_dumps)
+
+
+def _dumps(value: Any) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+
+
+class _Rows:
+    """Rows in and out of the Postgres tables, shared by the sync and async savers (which only do the I/O)."""
+
+    serde: Any
+
+    @cached_property
+    def chains(self) -> Chains:
+        return Chains()
+
+    # -- writing ---------------------------------------------------------------------------------------
+
+    def _put_params(self, config, checkpoint, metadata, new_versions) -> tuple[str, list, Any]:
+        configurable = config["configurable"]
+        thread_id, ns = str(configurable["thread_id"]), configurable["checkpoint_ns"]
+        inline, apart = split_values(checkpoint["channel_values"])
+        versions = checkpoint["channel_versions"]
+        encoded = self.chains.encode_checkpoint(self.serde, thread_id, ns, apart, versions, new_versions)
+        params: list = []
+        for channel, blob in encoded.blobs.items():
+            params += (thread_id, ns, channel, str(versions[channel]), blob.type, blob.data, blob.base)
+        params += (thread_id, ns, checkpoint["id"], configurable.get("checkpoint_id"),
+                   _jsonb({**checkpoint, "channel_values": inline}),
+                   _jsonb(get_serializable_checkpoint_metadata(config, metadata)))
+        return put_sql(len(encoded.blobs)), params, encoded
+
+    def _writes_params(self, config, writes, task_id: str, task_path: str) -> tuple[str, list]:
+        configurable = config["configurable"]
+        thread_id, ns = str(configurable["thread_id"]), str(configurable["checkpoint_ns"])
+        checkpoint_id = str(configurable["checkpoint_id"])
+        params: list = []
+        for idx, (channel, value) in enumerate(writes):
+            blob = self.chains.encode_write(self.serde, thread_id, ns, channel, value)
+            params += (thread_id, ns, checkpoint_id, task_id, task_path, WRITES_IDX_MAP.get(channel, idx), channel,
+                       blob.type, blob.data)
+        return writes_sql(len(writes), all(w[0] in WRITES_IDX_MAP for w in writes)), params
+
+    @staticmethod
+    def _next_config(config, checkpoint) -> RunnableConfig:
+        configurable = config["configurable"]
+        return {"configurable": {"thread_id": configurable["thread_id"], "checkpoint_ns": configurable["checkpoint_ns"],
+                                 "checkpoint_id": checkpoint["id"]}}
+
+    # -- reading ---------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _raw_writes(row) -> list[tuple]:
+        """(task_id, channel, type, blob, task_path, idx) of a row's pending writes."""
+        return [(t.decode(), c.decode(), ty.decode(), v, p.decode(), int(i)) for t, c, ty, v, p, i in row["writes"] or []]
+
+    @staticmethod
+    def _wanted(rows, writes_by_row) -> dict[str, list]:
+        """Parameters for SELECT_BLOBS_SQL: every channel of the rows that is not inline, and the bases of
+        their writes (rows of one thread)."""
+        keys = set()
+        for row, writes in zip(rows, writes_by_row):
+            checkpoint, ns = row["checkpoint"], row["checkpoint_ns"]
+            inline = checkpoint.get("channel_values") or {}
+            keys.update((ns, ch, str(v)) for ch, v in checkpoint["channel_versions"].items() if ch not in inline)
+            keys.update((ns, w[1], base) for w in writes if (base := delta_base(w[2], w[3])) is not None)
+        ns, channels, versions = (list(x) for x in zip(*keys)) if keys else ([], [], [])
+        return {"thread_id": rows[0]["thread_id"] if rows else "", "ns": ns, "channels": channels,
+                "versions": versions}
+
+    @staticmethod
+    def _blob_map(blob_rows) -> dict:
+        by_ns: dict[str, dict] = {}
+        for r in blob_rows:
+            by_ns.setdefault(r["checkpoint_ns"], {})[(r["channel"], r["version"])] = (r["type"], r["blob"])
+        return by_ns
+
+    def _tuple(self, row, writes, blobs_by_ns: dict, *, seed: bool) -> CheckpointTuple:
+        thread_id, ns, checkpoint_id = row["thread_id"], row["checkpoint_ns"], row["checkpoint_id"]
+        blobs = blobs_by_ns.get(ns, {})
+        decoder = Decoder(self.serde, blobs)
+        checkpoint = row["checkpoint"]
+        values = dict(checkpoint.get("channel_values") or {})
+        tips = {}
+        try:
+            for channel, version in checkpoint["channel_versions"].items():
+                key = (channel, str(version))
+                if channel not in values and key in blobs and blobs[key][0] != "empty":
+                    values[channel] = decoder.value(channel, *blobs[key])
+                    if seed and (tip := decoder.list_tip(channel, key[1], *blobs[key])):
+                        tips[channel] = tip
+            pending = [(task_id, channel, decoder.value(channel, type_, value))
+                       for task_id, channel, type_, value, _, _ in
+                       sorted(writes, key=lambda w: writes_sort_key(w[4], w[0], w[5]))]
+        except MissingBase as exc:
+            raise StorageError(f"checkpoint {checkpoint_id} of thread '{thread_id}' cannot be read: {exc} "
+                               "(the thread was deleted or pruned while a run wrote to it)") from None
+        if seed:
+            self.chains.seed(thread_id, ns, blobs, tips)
+        config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint_id}}
+        parent_id = row["parent_checkpoint_id"]
+        parent = ({"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": parent_id}}
+                  if parent_id else None)
+        return CheckpointTuple(config, {**checkpoint, "channel_values": values}, row["metadata"], parent, pending)
+
+    def _tuples(self, rows, blob_rows, *, seed: bool) -> list[CheckpointTuple]:
+        blobs = self._blob_map(blob_rows)
+        return [self._tuple(row, self._raw_writes(row), blobs, seed=seed) for row in rows]
+
+    def _kept_rows(self, tup: CheckpointTuple, row, writes_blobs: dict) -> list[tuple[str, tuple]]:
+        """Statements that keep one checkpoint readable on its own: whole values, no parent."""
+        thread_id, ns = row["thread_id"], row["checkpoint_ns"]
+        checkpoint = row["checkpoint"]
+        inline = checkpoint.get("channel_values") or {}
+        values = tup.checkpoint["channel_values"]
+        apart = {c: values[c] for c in checkpoint["channel_versions"] if c not in inline and c in values}
+        encoded = self.chains.encode_checkpoint(self.serde, thread_id, ns, apart, checkpoint["channel_versions"], {},
+                                                full=True)
+        statements = [(INSERT_BLOB_SQL, (thread_id, ns, c, str(checkpoint["channel_versions"][c]), b.type, b.data))
+                      for c, b in encoded.blobs.items()]
+        statements.append((INSERT_CHECKPOINT_SQL, (thread_id, ns, row["checkpoint_id"], _jsonb(checkpoint),
+                                                   _jsonb(row["metadata"]))))
+        decoder = Decoder(self.serde, writes_blobs.get(ns, {}))
+        for task_id, channel, type_, value, task_path, idx in self._raw_writes(row):
+            if type_ == DELTA:
+                type_, value = self.serde.dumps_typed(decoder.value(channel, type_, value))
+            statements.append((INSERT_WRITE_SQL, (thread_id, ns, row["checkpoint_id"], task_id, task_path, idx,
+                                                  channel, type_, value)))
+        return statements
+
+
+class Postgres(_Rows, PostgresSaver):
+    """The official PostgresSaver with compact storage (savers.compact), one statement per call on the hot
+    path, every capability of LangGraph's saver interface (copy_thread, delete_for_runs, prune), our tables
+    (migrated in setup) and the reply cache."""
 
     def setup(self) -> None:
         super().setup()
@@ -40,9 +300,130 @@ class Postgres(PostgresSaver):
     def response_cache(self) -> PostgresCache:
         return PostgresCache(self.conn)
 
+    @contextmanager
+    def _transaction(self) -> Iterator[psycopg.Cursor]:
+        with self._cursor() as cur, cur.connection.transaction():
+            yield cur
 
-class AsyncPostgres(AsyncPostgresSaver):
-    """The official AsyncPostgresSaver, plus our tables (migrated in setup) and the model-reply cache."""
+    def _blobs(self, cur, wanted: dict) -> list:
+        if not wanted["channels"]:
+            return []
+        return cur.execute(SELECT_BLOBS_SQL, wanted).fetchall()
+
+    def _load(self, cur, rows, *, seed: bool) -> list[CheckpointTuple]:
+        if not rows:
+            return []
+        wanted = self._wanted(rows, [self._raw_writes(r) for r in rows])
+        return self._tuples(rows, self._blobs(cur, wanted), seed=seed)
+
+    def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        configurable = config["configurable"]
+        thread_id, ns = configurable["thread_id"], configurable.get("checkpoint_ns", "")
+        with self._cursor() as cur:
+            if checkpoint_id := get_checkpoint_id(config):
+                rows = cur.execute(SELECT_ONE_SQL, (thread_id, ns, checkpoint_id)).fetchall()
+            else:
+                rows = cur.execute(SELECT_LATEST_SQL, (thread_id, ns)).fetchall()
+            tuples = self._load(cur, rows, seed=True)
+        return tuples[0] if tuples else None
+
+    def list(self, config: RunnableConfig | None, *, filter: dict[str, Any] | None = None,
+             before: RunnableConfig | None = None, limit: int | None = None) -> Iterator[CheckpointTuple]:
+        where, args = self._search_where(config, filter, before)
+        query = _SELECT + where + " ORDER BY checkpoint_id DESC" + (" LIMIT %s" if limit is not None else "")
+        params = [*args, int(limit)] if limit is not None else list(args)
+        with self._cursor() as cur:
+            rows = cur.execute(query, params).fetchall()
+            by_thread: dict[str, list] = {}
+            for row in rows:
+                by_thread.setdefault(row["thread_id"], []).append(row)
+            loaded = {}
+            for thread_rows in by_thread.values():
+                for row, tup in zip(thread_rows, self._load(cur, thread_rows, seed=False)):
+                    loaded[(row["thread_id"], row["checkpoint_ns"], row["checkpoint_id"])] = tup
+        for row in rows:
+            yield loaded[(row["thread_id"], row["checkpoint_ns"], row["checkpoint_id"])]
+
+    def put(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
+            new_versions: ChannelVersions) -> RunnableConfig:
+        # Encoded before taking the lock, so it overlaps another call's I/O (puts of a thread come in order).
+        sql, params, encoded = self._put_params(config, checkpoint, metadata, new_versions)
+        with self._cursor() as cur:
+            cur.execute(sql, params)
+            self.chains.remember(str(config["configurable"]["thread_id"]), config["configurable"]["checkpoint_ns"],
+                                 encoded)
+        return self._next_config(config, checkpoint)
+
+    def put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
+                   task_path: str = "") -> None:
+        if not writes:
+            return
+        sql, params = self._writes_params(config, writes, task_id, task_path)
+        with self._cursor() as cur:
+            cur.execute(sql, params)
+
+    def delete_thread(self, thread_id: str) -> None:
+        with self._transaction() as cur:
+            for sql in DELETE_THREADS_SQL:
+                cur.execute(sql, ([str(thread_id)],))
+        self.chains.forget([thread_id])
+
+    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        """Delete the checkpoints (and their writes) made by these runs. Their stored values stay, since
+        checkpoints of other runs may share them; delete_thread and prune remove them with the thread."""
+        if run_ids:
+            with self._cursor() as cur:
+                cur.execute(DELETE_RUNS_SQL, ([str(r) for r in run_ids],))
+
+    def copy_thread(self, source_thread_id: str, target_thread_id: str, *, up_to: str | None = None) -> None:
+        """Copy a thread, or with `up_to` one lineage of it: that checkpoint, its ancestors, their pending
+        writes (except the writes of `up_to` itself, which belong to the step after it), the subgraph
+        checkpoints under them, and the values they store. Checkpoint ids stay the same."""
+        params = {"source": str(source_thread_id), "target": str(target_thread_id), "up_to": up_to}
+        with self._transaction() as cur:
+            if cur.execute(EXISTS_THREAD_SQL, (params["target"],)).fetchone():
+                raise target_exists(params["target"])
+            if up_to is None:
+                statements = COPY_ALL_SQL
+            else:
+                ids = [r["checkpoint_id"] for r in cur.execute(SELECT_LINEAGE_SQL, params).fetchall()]
+                if not ids:
+                    raise no_checkpoint(params["source"], up_to)
+                params.update(root=ids, sub=[i for i in ids if i != up_to])
+                statements = COPY_LINEAGE_SQL
+            for sql in statements:
+                cur.execute(sql, params)
+        self.chains.forget([params["target"]])
+
+    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        """"delete" removes the threads; "keep_latest" keeps each namespace's latest checkpoint (with its
+        pending writes, its values stored whole, and no parent) and deletes the rest, in one transaction.
+        Refuses threads that use a DeltaChannel, whose values are rebuilt from older checkpoints."""
+        thread_ids = prune_args(thread_ids, strategy)
+        if not thread_ids:
+            return
+        with self._transaction() as cur:
+            kept = []
+            if strategy == "keep_latest":
+                refuse_delta_threads([r["thread_id"] for r in cur.execute(SELECT_DELTA_THREADS_SQL, (thread_ids,))])
+                for thread_id in thread_ids:
+                    heads = cur.execute(SELECT_HEADS_SQL, (thread_id,)).fetchall()
+                    blobs = self._blob_map(self._blobs(cur, self._wanted(heads, [self._raw_writes(r) for r in heads])))
+                    for row in heads:
+                        kept += self._kept_rows(self._tuple(row, self._raw_writes(row), blobs, seed=False), row, blobs)
+            for sql in DELETE_THREADS_SQL:
+                cur.execute(sql, (thread_ids,))
+            for sql, params in kept:
+                cur.execute(sql, params)
+        self.chains.forget(thread_ids)
+
+    def get_delta_channel_history(self, *, config: RunnableConfig, channels: Sequence[str]):
+        # The official fast path reads the official row format; ours walks get_tuple, which reads ours.
+        return BaseCheckpointSaver.get_delta_channel_history(self, config=config, channels=channels)
+
+
+class AsyncPostgres(_Rows, AsyncPostgresSaver):
+    """The async twin of Postgres."""
 
     async def setup(self) -> None:
         await super().setup()
@@ -52,6 +433,140 @@ class AsyncPostgres(AsyncPostgresSaver):
     @cached_property
     def response_cache(self) -> AsyncPostgresCache:
         return AsyncPostgresCache(self.conn)
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[psycopg.AsyncCursor]:
+        async with self._cursor() as cur, cur.connection.transaction():
+            yield cur
+
+    async def _blobs(self, cur, wanted: dict) -> list:
+        if not wanted["channels"]:
+            return []
+        return await (await cur.execute(SELECT_BLOBS_SQL, wanted)).fetchall()
+
+    async def _load(self, cur, rows, *, seed: bool) -> list[CheckpointTuple]:
+        if not rows:
+            return []
+        wanted = self._wanted(rows, [self._raw_writes(r) for r in rows])
+        return self._tuples(rows, await self._blobs(cur, wanted), seed=seed)
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        configurable = config["configurable"]
+        thread_id, ns = configurable["thread_id"], configurable.get("checkpoint_ns", "")
+        async with self._cursor() as cur:
+            if checkpoint_id := get_checkpoint_id(config):
+                await cur.execute(SELECT_ONE_SQL, (thread_id, ns, checkpoint_id))
+            else:
+                await cur.execute(SELECT_LATEST_SQL, (thread_id, ns))
+            tuples = await self._load(cur, await cur.fetchall(), seed=True)
+        return tuples[0] if tuples else None
+
+    async def alist(self, config: RunnableConfig | None, *, filter: dict[str, Any] | None = None,
+                    before: RunnableConfig | None = None, limit: int | None = None) -> AsyncIterator[CheckpointTuple]:
+        where, args = self._search_where(config, filter, before)
+        query = _SELECT + where + " ORDER BY checkpoint_id DESC" + (" LIMIT %s" if limit is not None else "")
+        params = [*args, int(limit)] if limit is not None else list(args)
+        async with self._cursor() as cur:
+            rows = await (await cur.execute(query, params)).fetchall()
+            by_thread: dict[str, list] = {}
+            for row in rows:
+                by_thread.setdefault(row["thread_id"], []).append(row)
+            loaded = {}
+            for thread_rows in by_thread.values():
+                for row, tup in zip(thread_rows, await self._load(cur, thread_rows, seed=False)):
+                    loaded[(row["thread_id"], row["checkpoint_ns"], row["checkpoint_id"])] = tup
+        for row in rows:
+            yield loaded[(row["thread_id"], row["checkpoint_ns"], row["checkpoint_id"])]
+
+    async def aput(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
+                   new_versions: ChannelVersions) -> RunnableConfig:
+        sql, params, encoded = self._put_params(config, checkpoint, metadata, new_versions)
+        async with self._cursor() as cur:
+            await cur.execute(sql, params)
+            self.chains.remember(str(config["configurable"]["thread_id"]), config["configurable"]["checkpoint_ns"],
+                                 encoded)
+        return self._next_config(config, checkpoint)
+
+    async def aput_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
+                          task_path: str = "") -> None:
+        if not writes:
+            return
+        sql, params = self._writes_params(config, writes, task_id, task_path)
+        async with self._cursor() as cur:
+            await cur.execute(sql, params)
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        async with self._transaction() as cur:
+            for sql in DELETE_THREADS_SQL:
+                await cur.execute(sql, ([str(thread_id)],))
+        self.chains.forget([thread_id])
+
+    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        if run_ids:
+            async with self._cursor() as cur:
+                await cur.execute(DELETE_RUNS_SQL, ([str(r) for r in run_ids],))
+
+    async def acopy_thread(self, source_thread_id: str, target_thread_id: str, *, up_to: str | None = None) -> None:
+        params = {"source": str(source_thread_id), "target": str(target_thread_id), "up_to": up_to}
+        async with self._transaction() as cur:
+            if await (await cur.execute(EXISTS_THREAD_SQL, (params["target"],))).fetchone():
+                raise target_exists(params["target"])
+            if up_to is None:
+                statements = COPY_ALL_SQL
+            else:
+                ids = [r["checkpoint_id"] for r in await (await cur.execute(SELECT_LINEAGE_SQL, params)).fetchall()]
+                if not ids:
+                    raise no_checkpoint(params["source"], up_to)
+                params.update(root=ids, sub=[i for i in ids if i != up_to])
+                statements = COPY_LINEAGE_SQL
+            for sql in statements:
+                await cur.execute(sql, params)
+        self.chains.forget([params["target"]])
+
+    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        thread_ids = prune_args(thread_ids, strategy)
+        if not thread_ids:
+            return
+        async with self._transaction() as cur:
+            kept = []
+            if strategy == "keep_latest":
+                await cur.execute(SELECT_DELTA_THREADS_SQL, (thread_ids,))
+                refuse_delta_threads([r["thread_id"] for r in await cur.fetchall()])
+                for thread_id in thread_ids:
+                    heads = await (await cur.execute(SELECT_HEADS_SQL, (thread_id,))).fetchall()
+                    wanted = self._wanted(heads, [self._raw_writes(r) for r in heads])
+                    blobs = self._blob_map(await self._blobs(cur, wanted))
+                    for row in heads:
+                        kept += self._kept_rows(self._tuple(row, self._raw_writes(row), blobs, seed=False), row, blobs)
+            for sql in DELETE_THREADS_SQL:
+                await cur.execute(sql, (thread_ids,))
+            for sql, params in kept:
+                await cur.execute(sql, params)
+        self.chains.forget(thread_ids)
+
+    def copy_thread(self, source_thread_id: str, target_thread_id: str, *, up_to: str | None = None) -> None:
+        self._from_thread(self.acopy_thread(source_thread_id, target_thread_id, up_to=up_to))
+
+    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        self._from_thread(self.adelete_for_runs(run_ids))
+
+    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        self._from_thread(self.aprune(thread_ids, strategy=strategy))
+
+    def _from_thread(self, coro):
+        """Like the official sync wrappers: run on the saver's loop, from another thread only."""
+        try:
+            if asyncio.get_running_loop() is self.loop:
+                coro.close()
+                raise asyncio.InvalidStateError(
+                    "Synchronous calls to AsyncPostgres are only allowed from a different thread; await the "
+                    "async method (acopy_thread, adelete_for_runs, aprune) instead.")
+        except RuntimeError:
+            pass
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    async def aget_delta_channel_history(self, *, config: RunnableConfig, channels: Sequence[str]):
+        return await BaseCheckpointSaver.aget_delta_channel_history(self, config=config, channels=channels)
 
 
 def check_conninfo(url: str) -> str:
@@ -93,7 +608,7 @@ def open_postgres(url: str) -> Iterator[Postgres]:
 
     try:
         # One plain connection first: its error says why (refused, auth, no such database).
-        psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_S).close()
+        guard = psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_S, autocommit=True)
     except psycopg.Error as exc:
         raise _storage_error(url, exc) from None
     pool = ConnectionPool(check=ConnectionPool.check_connection, **_pool_kwargs(url))
@@ -101,7 +616,11 @@ def open_postgres(url: str) -> Iterator[Postgres]:
     try:
         saver = Postgres(pool)
         try:
-            saver.setup()
+            with guard:
+                # The official setup() is not safe when two processes start on a fresh database at once
+                # (both insert the same checkpoint_migrations row): one at a time, by a session lock.
+                guard.execute("SELECT pg_advisory_lock(%s)", (SETUP_LOCK_KEY,))
+                saver.setup()
         except psycopg.Error as exc:
             raise StorageError(f"cannot set up the Postgres schema at {_where(url)}: {exc}") from exc
         yield saver
@@ -114,7 +633,7 @@ async def open_async_postgres(url: str) -> AsyncIterator[AsyncPostgres]:
     from psycopg_pool import AsyncConnectionPool
 
     try:
-        await (await psycopg.AsyncConnection.connect(url, connect_timeout=CONNECT_TIMEOUT_S)).close()
+        guard = await psycopg.AsyncConnection.connect(url, connect_timeout=CONNECT_TIMEOUT_S, autocommit=True)
     except psycopg.Error as exc:
         raise _storage_error(url, exc) from None
     pool = AsyncConnectionPool(check=AsyncConnectionPool.check_connection, **_pool_kwargs(url))
@@ -122,7 +641,9 @@ async def open_async_postgres(url: str) -> AsyncIterator[AsyncPostgres]:
     try:
         saver = AsyncPostgres(pool)
         try:
-            await saver.setup()
+            async with guard:
+                await guard.execute("SELECT pg_advisory_lock(%s)", (SETUP_LOCK_KEY,))
+                await saver.setup()
         except psycopg.Error as exc:
             raise StorageError(f"cannot set up the Postgres schema at {_where(url)}: {exc}") from exc
         yield saver

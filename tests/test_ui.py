@@ -305,3 +305,16 @@ def test_model_call_of_a_remote_model_is_found_whatever_endpoint_the_ui_runs_wit
     detail = ui(db_url, scenario).replace("&#34;", '"')
     assert "Carry out step 1: Multiply 17 by 23" in detail and '"result": "391"' in detail
     assert "first paid for:" in detail
+
+
+def test_names_and_values_are_shown_as_text_never_as_markup(tmp_path):
+    db_url = f"sqlite:///{tmp_path / 'x.db'}"
+    evil = "<img src=x onerror=alert(1)>"
+    with Agent(db=db_url, model="offline") as agent:
+        agent.reason(f"What is 1+1? {evil}", thread=evil)
+
+    async def scenario(client, agent):
+        pages = [(await client.get("/")).text, (await client.get("/thread", params={"t": evil})).text]
+        return all(evil not in page and "&lt;img src=x onerror=alert(1)&gt;" in page for page in pages)
+
+    assert ui(db_url, scenario)

@@ -22,8 +22,9 @@ from agent.api import AsyncAgent
 from agent.errors import AgentError, BadInput, CheckpointNotFound, ThreadExists, ThreadNotFound
 from agent.history import SHORT_ID, parse_assignment
 from agent.ui import sidebyside, views
+from agent.ui.lanes import split_lines
 from agent.ui.runs import Runs, sse
-from agent.ui.store import Store, dumps
+from agent.ui.store import PAGE_SIZE, Store, dumps
 
 HERE = Path(__file__).parent
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
@@ -125,7 +126,7 @@ def create_app(agent: AsyncAgent, *, write: bool = False, token: str | None = No
     env = templates.env
     env.globals.update(short=_short, when=_when, money=_money, tokens=_tokens, as_json=_json, dumps=dumps,
                        write=write, csrf=csrf, db_label=db_label, kinds=views.KINDS, nodes=views.NODES,
-                       spent=views.spent, usage_of=views.usage_of, urlencode=urlencode)
+                       spent=views.spent, usage_of=views.usage_of, urlencode=urlencode, page_size=PAGE_SIZE)
 
     def render(request: Request, name: str, code: int = 200, **context: Any) -> HTMLResponse:
         return templates.TemplateResponse(request, name, context, status_code=code)
@@ -158,8 +159,7 @@ def create_app(agent: AsyncAgent, *, write: bool = False, token: str | None = No
     async def home(request: Request) -> Response:
         params = request.query_params
         page = await store.threads(params.get("q", ""), params.get("status", ""), _int(params.get("page"), 1))
-        context = {"page": page, "q": params.get("q", ""), "status": params.get("status", ""),
-                   "running": store.running}
+        context = {"page": page, "q": params.get("q", ""), "status": params.get("status", "")}
         if fragment(request) and request.headers.get("hx-target") == "threads":
             return render(request, "_threads.html", **context)
         return render(request, "threads.html", **context)
@@ -189,8 +189,6 @@ def create_app(agent: AsyncAgent, *, write: bool = False, token: str | None = No
         record = await store.record(thread)
         row = record.row(view.checkpoint.checkpoint_id) or view.checkpoint
         parent_values = record.values.get(row.parent_checkpoint_id or "", {})
-        from agent.ui.lanes import split_lines
-
         return {"cp": view, "row": row, "step_spend": views.spent(views.usage_of(view.values),
                                                                    views.usage_of(parent_values)),
                 "call": await store.model_call(record, row), "error": record.errors.get(row.checkpoint_id),
@@ -260,6 +258,9 @@ def create_app(agent: AsyncAgent, *, write: bool = False, token: str | None = No
                       assignments=json.dumps(values, ensure_ascii=False))
 
     def start(request: Request, thread: str, what: str, work) -> HTMLResponse:
+        if thread in store.running:  # one run per thread: a second would race the first for the same head
+            return render(request, "_error.html", 409,
+                          message=f"a run on thread '{thread}' is going on: wait for it to end, then act again")
         store.running.add(thread)
         store.forget(thread)
 

@@ -1,0 +1,43 @@
+"""Thread-level operations our savers add to the official ones - copy a thread or one lineage of it, delete
+the checkpoints of runs, prune old checkpoints - and the rules every backend applies to them the same way."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from savers.errors import StorageError
+
+PRUNE_STRATEGIES = ("keep_latest", "delete")
+
+
+class ThreadExists(StorageError):
+    """copy_thread was asked to copy into a thread that already has checkpoints."""
+
+
+class CheckpointNotFound(StorageError):
+    """copy_thread was asked for the lineage of a checkpoint the source thread does not have."""
+
+
+def prune_args(thread_ids: Sequence[str], strategy: str) -> list[str]:
+    """The thread ids to prune, after the same checks as the official Postgres saver."""
+    if isinstance(thread_ids, str):
+        raise TypeError("thread_ids must be a sequence of thread IDs, not a str")
+    if strategy not in PRUNE_STRATEGIES:
+        raise ValueError(f"Unknown prune strategy: {strategy!r} (use one of {', '.join(PRUNE_STRATEGIES)})")
+    return [str(t) for t in thread_ids]
+
+
+def refuse_delta_threads(thread_ids: Sequence[str]) -> None:
+    """keep_latest would cut a DeltaChannel off the older checkpoints its value is rebuilt from."""
+    if thread_ids:
+        raise NotImplementedError(
+            f"keep_latest can't prune threads that use a DeltaChannel: {', '.join(sorted(thread_ids))}"
+        )
+
+
+def target_exists(target: str) -> ThreadExists:
+    return ThreadExists(f"thread '{target}' already has checkpoints: copy into a new thread id")
+
+
+def no_checkpoint(source: str, checkpoint_id: str) -> CheckpointNotFound:
+    return CheckpointNotFound(f"thread '{source}' has no checkpoint {checkpoint_id}")

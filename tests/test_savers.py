@@ -1,0 +1,364 @@
+"""Our savers keep LangGraph's whole checkpointer contract, lose no step to a crash, and stay small.
+
+A small graph stands in for any LangGraph app: each step appends an item to a list and returns the whole
+list (as graphs/cot.py's execute does), so a thread's state grows with every step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import TypedDict
+
+import ormsgpack
+import psycopg
+import pytest
+from conftest import fresh_db_url
+from langgraph.checkpoint.base import empty_checkpoint
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import END, START, StateGraph
+
+import savers
+from savers.threads import CheckpointNotFound, ThreadExists
+
+NOTE = "A note long enough to be stored apart from the checkpoint. " * 8
+
+
+class State(TypedDict, total=False):
+    items: list[str]
+    step: int
+    target: int
+    reset_at: int
+    note: str
+
+
+def _step(state: State) -> dict:
+    step = state.get("step", 0) + 1
+    items = [] if step == state.get("reset_at") else [*state.get("items", []), f"item {step}: {'x' * 24}"]
+    return {"items": items, "step": step}
+
+
+def build():
+    graph = StateGraph(State)
+    graph.add_node("step", _step)
+    graph.add_edge(START, "step")
+    graph.add_conditional_edges("step", lambda s: "step" if s["step"] < s["target"] else END, ["step", END])
+    return graph
+
+
+def config(thread: str, checkpoint_id: str | None = None, **configurable) -> dict:
+    conf = {"thread_id": thread, **configurable}
+    if checkpoint_id:
+        conf["checkpoint_id"] = checkpoint_id
+    return {"configurable": conf, "recursion_limit": 10_000}
+
+
+def start(target: int, **extra) -> State:
+    return State(items=[], step=0, target=target, note=NOTE, **extra)
+
+
+def run(saver, thread: str, state: State | None, **configurable) -> dict:
+    return build().compile(checkpointer=saver).invoke(state, config(thread, **configurable), durability="sync")
+
+
+def history(saver, thread: str) -> list[tuple]:
+    """What a user of the thread can see, newest first, without ids that differ from saver to saver."""
+    return [(t.metadata.get("step"), t.checkpoint["channel_values"], sorted((c, repr(v)) for _, c, v in t.pending_writes))
+            for t in saver.list({"configurable": {"thread_id": thread}})]
+
+
+def ids(saver, thread: str) -> list[str]:
+    return [t.checkpoint["id"] for t in saver.list({"configurable": {"thread_id": thread}})]
+
+
+def lineage(saver, thread: str, checkpoint_id: str) -> list[str]:
+    chain, conf = [], config(thread, checkpoint_id)
+    while conf:
+        tup = saver.get_tuple(conf)
+        chain.append(tup.checkpoint["id"])
+        conf = tup.parent_config
+    return chain
+
+
+@pytest.fixture(params=["sqlite", "postgres", "memory"])
+def any_url(request, tmp_path) -> str:
+    """db_url's databases, and memory:// (a fresh in-memory saver per open)."""
+    return "memory://" if request.param == "memory" else fresh_db_url(request.param, request, tmp_path)
+
+
+# -- the contract -------------------------------------------------------------------------------------------
+
+
+def test_the_official_conformance_suite_reports_full_for_every_async_saver(any_url):
+    from langgraph.checkpoint.conformance import checkpointer_test, validate
+
+    @checkpointer_test(name=any_url.split(":")[0])
+    async def ours():
+        async with savers.open_async_saver(any_url) as saver:
+            yield saver
+
+    report = asyncio.run(validate(ours))
+    failures = [failure for result in report.results.values() for failure in result.failures]
+    assert failures == []
+    assert len(report.results) == 8
+    assert all(result.detected and result.passed for result in report.results.values())
+    assert report.conformance_level() == "FULL"
+
+
+def test_every_checkpoint_reads_back_as_written_across_resets_forks_and_reopening(db_url):
+    reference = InMemorySaver()
+    with savers.open_saver(db_url) as saver:
+        for s in (reference, saver):
+            run(s, "t", start(30, reset_at=12))
+        assert history(saver, "t") == history(reference, "t")
+    # A new saver (as a new process has): nothing remembered, every value comes from the database.
+    with savers.open_saver(db_url) as saver:
+        for s in (reference, saver):
+            graph = build().compile(checkpointer=s)
+            at_step_20 = next(t for t in s.list(config("t")) if t.metadata["step"] == 20)
+            edited = graph.update_state(at_step_20.config, {"items": ["edited", *at_step_20.checkpoint[
+                "channel_values"]["items"][:3]]})
+            graph.invoke(None, {**edited, "recursion_limit": 100}, durability="sync")
+        assert history(saver, "t") == history(reference, "t")
+        latest = saver.get_tuple(config("t")).checkpoint["channel_values"]
+        assert latest["items"][:1] == ["edited"] and latest["step"] == 30 and latest["note"] == NOTE
+
+
+def test_the_async_savers_read_back_what_the_sync_ones_wrote(db_url):
+    with savers.open_saver(db_url) as saver:
+        run(saver, "t", start(25))
+        expected = history(saver, "t")
+
+    async def read():
+        async with savers.open_async_saver(db_url) as saver:
+            graph = build().compile(checkpointer=saver)
+            got = [(t.metadata.get("step"), t.checkpoint["channel_values"],
+                    sorted((c, repr(v)) for _, c, v in t.pending_writes))
+                   async for t in saver.alist({"configurable": {"thread_id": "t"}})]
+            await graph.ainvoke({"target": 30}, config("t"), durability="sync")
+            return got
+
+    assert asyncio.run(read()) == expected
+    with savers.open_saver(db_url) as saver:
+        assert saver.get_tuple(config("t")).checkpoint["channel_values"]["items"][-1].startswith("item 30:")
+
+
+# -- copy_thread, delete_for_runs, prune on the sync savers ---------------------------------------------------
+
+
+def test_copy_thread_copies_every_checkpoint_with_its_writes(any_url):
+    with savers.open_saver(any_url) as saver:
+        run(saver, "source", start(12))
+        saver.copy_thread("source", "copy")
+        assert ids(saver, "copy") == ids(saver, "source")
+        assert history(saver, "copy") == history(saver, "source")
+        run(saver, "copy", {"target": 15})  # the copy lives on by itself
+        assert saver.get_tuple(config("copy")).checkpoint["channel_values"]["step"] == 15
+        assert saver.get_tuple(config("source")).checkpoint["channel_values"]["step"] == 12
+
+
+def test_copy_thread_up_to_a_checkpoint_copies_its_lineage_only(any_url):
+    with savers.open_saver(any_url) as saver:
+        run(saver, "source", start(10))
+        graph = build().compile(checkpointer=saver)
+        at_4 = next(t for t in saver.list(config("source")) if t.metadata["step"] == 4)
+        fork = graph.update_state(at_4.config, {"items": ["fork"]})
+        graph.invoke(None, {**fork, "recursion_limit": 100}, durability="sync")
+        on_fork = next(t for t in saver.list(config("source"))
+                       if t.metadata["step"] == 7 and t.checkpoint["channel_values"]["items"][0] == "fork")
+
+        saver.copy_thread("source", "branch", up_to=on_fork.checkpoint["id"])
+
+        assert ids(saver, "branch") == lineage(saver, "source", on_fork.checkpoint["id"])
+        head = saver.get_tuple(config("branch"))
+        assert head.checkpoint == on_fork.checkpoint
+        assert head.pending_writes == []  # they belong to the step after it, which the branch has not run
+        for copied in saver.list(config("branch")):
+            if copied.checkpoint["id"] != head.checkpoint["id"]:
+                original = saver.get_tuple(config("source", copied.checkpoint["id"]))
+                assert copied.pending_writes == original.pending_writes != []
+        graph.invoke(None, config("branch"), durability="sync")
+        assert saver.get_tuple(config("branch")).checkpoint["channel_values"]["items"][:2] == [
+            "fork", "item 5: " + "x" * 24]
+
+
+def test_copy_thread_refuses_an_existing_target_and_an_unknown_checkpoint(any_url):
+    with savers.open_saver(any_url) as saver:
+        run(saver, "a", start(3))
+        run(saver, "b", start(3))
+        with pytest.raises(ThreadExists, match="'b' already has checkpoints"):
+            saver.copy_thread("a", "b")
+        with pytest.raises(CheckpointNotFound, match="no checkpoint nope"):
+            saver.copy_thread("a", "c", up_to="nope")
+        assert ids(saver, "c") == []
+
+
+def test_delete_for_runs_deletes_a_run_and_keeps_the_next_one_readable(any_url):
+    with savers.open_saver(any_url) as saver:
+        run(saver, "t", start(10), run_id="first")
+        run(saver, "t", {"target": 16}, run_id="second")
+        before = saver.get_tuple(config("t")).checkpoint
+
+        saver.delete_for_runs(["first"])
+
+        remaining = list(saver.list(config("t")))
+        assert {t.metadata["run_id"] for t in remaining} == {"second"}
+        # The second run's checkpoints still read in full: values the first run stored are kept.
+        assert saver.get_tuple(config("t")).checkpoint == before
+        assert all(len(values["items"]) == values["step"] for t in remaining
+                   if (values := t.checkpoint["channel_values"]).get("items"))
+
+
+def test_prune_keep_latest_leaves_one_self_contained_checkpoint_per_thread(any_url):
+    with savers.open_saver(any_url) as saver:
+        for thread in ("t", "other"):
+            run(saver, thread, start(40))
+        latest = saver.get_tuple(config("t"))
+        # A pending write that extends the stored list (so it is stored as a delta against older rows).
+        items = latest.checkpoint["channel_values"]["items"]
+        saver.put_writes(latest.config, [("items", [*items, "pending"])], "task-1")
+        latest = saver.get_tuple(config("t"))
+        assert latest.pending_writes == [("task-1", "items", [*items, "pending"])]
+
+        saver.prune(["t"], strategy="keep_latest")
+
+        assert ids(saver, "t") == [latest.checkpoint["id"]]
+        kept = saver.get_tuple(config("t"))
+        assert (kept.checkpoint, kept.pending_writes, kept.parent_config) == (latest.checkpoint, latest.pending_writes,
+                                                                             None)
+        assert len(ids(saver, "other")) == 42
+        run(saver, "t", {"target": 45})
+        assert saver.get_tuple(config("t")).checkpoint["channel_values"]["items"][-1].startswith("item 45:")
+
+        saver.prune(["t", "other"], strategy="delete")
+        assert ids(saver, "t") == ids(saver, "other") == []
+
+
+def test_prune_refuses_threads_that_use_a_delta_channel(any_url):
+    with savers.open_saver(any_url) as saver:
+        checkpoint = empty_checkpoint()
+        saver.put({"configurable": {"thread_id": "d", "checkpoint_ns": ""}}, checkpoint,
+                  {"source": "loop", "step": 1, "counters_since_delta_snapshot": {"messages": [1, 1]}}, {})
+        with pytest.raises(NotImplementedError, match="DeltaChannel: d"):
+            saver.prune(["d"], strategy="keep_latest")
+        assert ids(saver, "d") == [checkpoint["id"]]
+
+
+# -- durable against a crash ----------------------------------------------------------------------------------
+
+CHILD = """
+import json, sys
+sys.path[:0] = [{tests!r}]
+import savers
+from test_savers import build, config, start
+with savers.open_saver({url!r}) as saver:
+    put = saver.put
+    def reported(*args):
+        stored = put(*args)
+        print(json.dumps([stored["configurable"]["checkpoint_id"], args[2]["step"]]), flush=True)
+        return stored
+    saver.put = reported
+    build().compile(checkpointer=saver).invoke(start(10_000), config("t"), durability="sync")
+"""
+
+
+def test_a_step_whose_checkpoint_was_saved_survives_sigkill(db_url):
+    child = subprocess.Popen([sys.executable, "-c", CHILD.format(tests=str(Path(__file__).parent), url=db_url)],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        for _ in range(60):
+            saved, step = json.loads(child.stdout.readline())
+        child.send_signal(signal.SIGKILL)  # mid-way through a later step, most likely inside a put
+    finally:
+        child.kill()
+        child.wait()
+    with savers.open_saver(db_url) as saver:
+        kept = saver.get_tuple(config("t", saved))
+        assert kept is not None and kept.metadata["step"] == step
+        assert kept.checkpoint["channel_values"]["items"][-1].startswith(f"item {step}:")
+        for tup in saver.list(config("t")):  # whatever else made it is whole
+            assert len(tup.checkpoint["channel_values"].get("items", [])) == max(tup.metadata["step"], 0)
+
+
+# -- small ----------------------------------------------------------------------------------------------------
+
+
+def stored_bytes(url: str) -> int:
+    """Bytes of every value the saver stored (all columns, all rows), without page or index overhead."""
+    if url.startswith("sqlite"):
+        path = url.removeprefix("sqlite:///")
+        with sqlite3.connect(path) as conn:
+            return sum(conn.execute(f"SELECT COALESCE(SUM({' + '.join(f'COALESCE(LENGTH({c}), 0)' for c in cols)}), 0) "
+                                    f"FROM {table}").fetchone()[0]
+                       for table, cols in _columns(conn).items())
+    with psycopg.connect(url) as conn:
+        return sum(conn.execute(f"SELECT COALESCE(SUM(pg_column_size(t.*)), 0) FROM {t} t").fetchone()[0]
+                   for t in ("checkpoints", "checkpoint_blobs", "checkpoint_writes"))
+
+
+def _columns(conn) -> dict[str, list[str]]:
+    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+              if r[0] in ("checkpoints", "writes", "agent_blobs")]
+    return {t: [r[1] for r in conn.execute(f"PRAGMA table_info({t})")] for t in tables}
+
+
+def test_storage_per_checkpoint_stays_flat_as_a_thread_grows(db_url):
+    per_checkpoint = {}
+    with savers.open_saver(db_url) as saver:
+        for steps in (30, 150):
+            before = stored_bytes(db_url)
+            run(saver, f"t{steps}", start(steps))
+            per_checkpoint[steps] = (stored_bytes(db_url) - before) / (steps + 1)
+        final_items = saver.get_tuple(config("t150")).checkpoint["channel_values"]["items"]
+    assert per_checkpoint[150] < 1.25 * per_checkpoint[30]
+    # Each checkpoint costs less than the list it holds: the list is not stored again at every step.
+    assert per_checkpoint[150] < len(ormsgpack.packb(final_items))
+
+
+# -- threads written by the official savers ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def stock_saver(db_url):
+    if db_url.startswith("sqlite"):
+        from langgraph.checkpoint.sqlite import SqliteSaver
+
+        with SqliteSaver.from_conn_string(db_url.removeprefix("sqlite:///")) as saver:
+            saver.setup()
+            yield saver
+    else:
+        from langgraph.checkpoint.postgres import PostgresSaver
+
+        with PostgresSaver.from_conn_string(db_url) as saver:
+            saver.setup()
+            yield saver
+
+
+def test_threads_written_by_the_official_savers_read_and_continue(db_url, stock_saver):
+    run(stock_saver, "old", start(12))
+    expected = history(stock_saver, "old")
+    with savers.open_saver(db_url) as saver:
+        assert history(saver, "old") == expected
+        run(saver, "old", {"target": 20})
+        assert saver.get_tuple(config("old")).checkpoint["channel_values"]["items"][-1].startswith("item 20:")
+        assert history(saver, "old")[-len(expected):] == expected
+        saver.copy_thread("old", "copy", up_to=ids(saver, "old")[0])
+        saver.prune(["old"], strategy="keep_latest")
+        assert saver.get_tuple(config("old")).checkpoint == saver.get_tuple(config("copy")).checkpoint
+
+
+def test_a_value_whose_base_is_gone_is_a_clear_error(tmp_path):
+    url = f"sqlite:///{tmp_path / 'agent.db'}"
+    with savers.open_saver(url) as saver:
+        run(saver, "t", start(20))
+    with sqlite3.connect(tmp_path / "agent.db") as conn:
+        conn.execute("DELETE FROM agent_blobs WHERE base IS NULL AND channel = 'items'")
+    with savers.open_saver(url) as saver:
+        with pytest.raises(savers.StorageError, match="cannot be read: the stored value of 'items' extends"):
+            saver.get_tuple(config("t"))
+
