@@ -11,13 +11,14 @@ from agent.errors import (
     ModelError,
     QuestionMismatch,
     StorageError,
+    ThreadBusy,
     ThreadExists,
     ThreadNotFound,
 )
 
 __all__ = [
     "Agent", "AsyncAgent", "RunResult", "Step", "Usage", "Event", "StateView", "CheckpointInfo", "ThreadInfo", "Diff", "Change", "Settings", "load_settings",
-    "AgentError", "BadInput", "CheckpointNotFound", "ThreadExists", "ConfigError", "ModelError", "QuestionMismatch", "StorageError", "ThreadNotFound",
+    "AgentError", "BadInput", "CheckpointNotFound", "ThreadExists", "ThreadBusy", "ConfigError", "ModelError", "QuestionMismatch", "StorageError", "ThreadNotFound",
 ]
 
 _LAZY = {

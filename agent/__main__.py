@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
@@ -40,6 +41,15 @@ Thread = Annotated[str, typer.Option("--thread", "-t", help="Thread id: the name
 Checkpoint = Annotated[str, typer.Option(
     "--checkpoint", "-c", help="Checkpoint id, or a unique prefix of one (see `history`).", show_default=False)]
 Fresh = Annotated[bool, typer.Option("--fresh", help="Ask the model even where the reply cache has the answer.")]
+MaxRetries = Annotated[Optional[int], typer.Option(
+    "--max-retries", help="Retries of a model call after a rate limit, timeout or server error [default: 3]",
+    show_default=False)]
+RetryDelay = Annotated[Optional[float], typer.Option(
+    "--retry-delay", help="Seconds before the first retry; doubled each time, with jitter; a server's "
+                          "Retry-After wins [default: 1.0]", show_default=False)]
+Budget = Annotated[Optional[float], typer.Option(
+    "--budget", help="US dollars the thread may spend in all; the run pauses (status budget_exceeded) before a "
+                     "call that would exceed it, and resumes with a larger budget.", show_default=False)]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text (for scripts).")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")]
 
@@ -133,6 +143,9 @@ class _Progress:
         elif event.kind == "validation":
             mark = "[green]✓ ok[/]" if event.ok else "[yellow]✗ rejected[/]"
             out.print(f"[magenta]Check[/]  {mark} {_escape(event.reason)}")
+        elif event.kind == "retry":
+            out.print(f"[yellow]Retry {event.attempt}/{event.number}[/] {event.node}: {_escape(event.error)} "
+                      f"[dim](waiting {event.wait_s:.2f}s)[/]")
 
 
 def _escape(text: str) -> str:
@@ -157,15 +170,20 @@ def _report(result, settings, as_json: bool) -> int:
                       "(no model call).[/]")
         if result.status == "done":
             out.print(f"[bold green]Answer:[/] {_escape(result.answer or '')}")
+        from agent.render import dollars
+
         usage = result.usage
-        out.print(f"[dim]thread {result.thread_id} · {result.status} · {usage.llm_calls} model calls, "
-                  f"{usage.input_tokens} in / {usage.output_tokens} out tokens · "
+        cached = f" (+{usage.cached_calls} from cache)" if usage.cached_calls else ""
+        out.print(f"[dim]thread {result.thread_id} · {result.status} · {usage.llm_calls} model calls{cached}, "
+                  f"{usage.input_tokens} in / {usage.output_tokens} out tokens, {dollars(usage.cost_usd)} · "
                   f"checkpoint {(result.checkpoint_id or '-')[:13]}[/]")
     if result.status == "done":
         return 0
     err = _console(stderr=True)
-    reason = f"run failed: {result.error}" if result.status == "failed" else "run stopped before the end"
-    err.print(f"[bold red]error:[/] {_escape(reason)}; resume with: {_resume_hint(result.thread_id, settings.db)}")
+    reason = {"failed": f"run failed: {result.error}", "budget_exceeded": result.error}.get(
+        result.status, "run stopped before the end")
+    err.print(f"[bold red]error:[/] {_escape(reason)}; resume with: {_resume_hint(result.thread_id, settings.db)}"
+              + (" --budget <more>" if result.status == "budget_exceeded" else ""))
     return EXIT_FAILED
 
 
@@ -186,19 +204,20 @@ def _exit_on_ctrl_c(progress: _Progress, thread: str, db: str) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
-def _open_agent(db: str | None, model: str | None, structured: str | None, create: bool = True):
+def _open_agent(flags: dict[str, Any], create: bool = True):
+    """An Agent from the command's flags (None where not given: config and defaults fill in)."""
     from agent.api import Agent
     from agent.models import make_model
 
-    agent = Agent(db=db, model=model, structured_output=structured, create=create)
+    agent = Agent(create=create, **flags)
     if agent.settings.model:
         make_model(agent.settings.model)  # a missing API key is reported before the database is touched
     return agent
 
 
-def _run(db, model, structured, thread, as_json, call: Callable[[Any, Callable | None], Any],
+def _run(flags: dict[str, Any], thread: str, as_json: bool, call: Callable[[Any, Callable | None], Any],
          create: bool = True, verb: str = "Resuming") -> int:
-    agent = _open_agent(db, model, structured, create)
+    agent = _open_agent(flags, create)
     with agent:
         progress = _Progress(quiet=as_json, verb=verb)
         _exit_on_ctrl_c(progress, thread, agent.settings.db)
@@ -214,6 +233,9 @@ def reason(
     db: Db = None,
     model: Model = None,
     structured_output: Structured = None,
+    max_retries: MaxRetries = None,
+    retry_delay: RetryDelay = None,
+    budget: Budget = None,
     as_json: Json = False,
     debug: Debug = False,
 ) -> None:
@@ -225,7 +247,8 @@ def reason(
         from agent.api import clean_question
 
         clean_question(question)  # an empty question is refused before the database is touched
-        return _run(db, model, structured_output, thread, as_json,
+        flags = _run_flags(db, model, structured_output, max_retries, retry_delay, budget)
+        return _run(flags, thread, as_json,
                     lambda agent, printer: agent.reason(question, thread, new=new, on_event=printer))
 
     _guard(debug, body)
@@ -237,12 +260,21 @@ def resume(
     db: Db = None,
     model: Model = None,
     structured_output: Structured = None,
+    max_retries: MaxRetries = None,
+    retry_delay: RetryDelay = None,
+    budget: Budget = None,
     as_json: Json = False,
     debug: Debug = False,
 ) -> None:
-    """Continue a thread from its last checkpoint (after a crash, Ctrl+C or a failed model call)."""
-    _guard(debug, lambda: _run(db, model, structured_output, thread, as_json,
+    """Continue a thread from its last checkpoint (after a crash, Ctrl+C, a failed call or a spent budget)."""
+    flags = _run_flags(db, model, structured_output, max_retries, retry_delay, budget)
+    _guard(debug, lambda: _run(flags, thread, as_json,
                                lambda agent, printer: agent.resume(thread, on_event=printer), create=False))
+
+
+def _run_flags(db, model, structured_output, max_retries, retry_delay, budget) -> dict[str, Any]:
+    return {"db": db, "model": model, "structured_output": structured_output, "max_retries": max_retries,
+            "retry_delay": retry_delay, "budget": budget}
 
 
 def _print_json(data: Any) -> None:
@@ -253,7 +285,7 @@ def _read(db: str | None, debug: bool, body: Callable[[Any], None]) -> None:
     """A read-only command: open the database (never create it) and show something from it."""
 
     def run() -> int:
-        with _open_agent(db, None, None, create=False) as agent:
+        with _open_agent({"db": db}, create=False) as agent:
             body(agent)
         return 0
 
@@ -349,6 +381,9 @@ def replay(
     db: Db = None,
     model: Model = None,
     structured_output: Structured = None,
+    max_retries: MaxRetries = None,
+    retry_delay: RetryDelay = None,
+    budget: Budget = None,
     as_json: Json = False,
     debug: Debug = False,
 ) -> None:
@@ -356,7 +391,8 @@ def replay(
 
     The old history stays. Unchanged requests are answered from the reply cache (no model call) unless --fresh.
     """
-    _guard(debug, lambda: _run(db, model, structured_output, thread, as_json,
+    flags = _run_flags(db, model, structured_output, max_retries, retry_delay, budget)
+    _guard(debug, lambda: _run(flags, thread, as_json,
                                lambda agent, progress: agent.replay(thread, checkpoint, fresh=fresh,
                                                                     on_event=progress),
                                create=False, verb="Replaying"))
@@ -378,6 +414,9 @@ def fork(
     db: Db = None,
     model: Model = None,
     structured_output: Structured = None,
+    max_retries: MaxRetries = None,
+    retry_delay: RetryDelay = None,
+    budget: Budget = None,
     as_json: Json = False,
     debug: Debug = False,
 ) -> None:
@@ -391,7 +430,8 @@ def fork(
         from agent.api import assignments_from
 
         values = assignments_from(assignments)  # a malformed --set is refused before the database is touched
-        return _run(db, model, structured_output, thread, as_json,
+        flags = _run_flags(db, model, structured_output, max_retries, retry_delay, budget)
+        return _run(flags, thread, as_json,
                     lambda agent, progress: agent.fork(thread, checkpoint, values, as_node=as_node, run=not no_run,
                                                        fresh=fresh, on_event=progress),
                     create=False, verb="Running on from the edit")
@@ -423,6 +463,86 @@ def branch(
                              f"{made.status}). Continue it with: python -m agent resume --thread {made.thread_id}")
 
     _read(db, debug, body)
+
+
+@app.command()
+def batch(
+    questions: Annotated[Path, typer.Argument(
+        help="JSON lines {\"id\": ..., \"question\": ...}, or plain text lines (ids are line numbers).",
+        show_default=False)],
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Where result rows go (JSON lines) [default: <questions>.results.jsonl]",
+        show_default=False)] = None,
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1, max=64,
+                                         help="Questions run at the same time.")] = 4,
+    thread_prefix: Annotated[Optional[str], typer.Option(
+        "--thread-prefix", help="Thread ids are this prefix + the question's id [default: <questions file stem>-]",
+        show_default=False)] = None,
+    retry_failed: Annotated[bool, typer.Option(
+        "--retry-failed", help="Run again the questions whose row says failed or budget_exceeded.")] = False,
+    db: Db = None,
+    model: Model = None,
+    structured_output: Structured = None,
+    max_retries: MaxRetries = None,
+    retry_delay: RetryDelay = None,
+    budget: Budget = None,
+    as_json: Json = False,
+    debug: Debug = False,
+) -> None:
+    """Answer every question of a file, each in its own thread, several at a time.
+
+    Resumable: run the same command again after a crash or Ctrl+C. Questions with a row in the output are
+    skipped, cut-short threads resume from their last checkpoint, and no question gets two rows. Several
+    processes (on several machines, with Postgres) can share one file: a thread another process is running
+    is left to it.
+    """
+
+    def body() -> int:
+        from agent.batch import Results, read_questions, run_batch
+
+        prefix = thread_prefix if thread_prefix is not None else f"{questions.stem}-"
+        items = read_questions(questions, prefix)
+        results = Results(output or questions.with_name(f"{questions.stem}.results.jsonl"))
+        if retry_failed:
+            results.forget({"failed", "budget_exceeded"})
+        flags = _run_flags(db, model, structured_output, max_retries, retry_delay, budget)
+        with _open_agent(flags) as agent:
+            tally = _with_progress(as_json, lambda on_change: run_batch(agent, items, results, workers, on_change))
+        summary = {**tally.to_dict(), "output": str(results.path)}
+        if as_json:
+            _print_json(summary)
+        else:
+            _console().print(f"{tally.done} done, {tally.failed} failed, {tally.skipped} already in "
+                             f"{results.path.name}, {tally.busy} busy elsewhere · spent ${tally.spend_usd:.4f}")
+        return EXIT_FAILED if tally.failed or tally.busy else 0
+
+    _guard(debug, body)
+
+
+def _with_progress(quiet: bool, work: Callable[[Callable], Any]) -> Any:
+    """A progress bar on stderr (done / failed / running / spend) while `work` runs; Ctrl+C leaves at once."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    def on_ctrl_c(signum, frame):
+        print("Interrupted. Run the same command again to go on where it stopped.", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)  # as for one run: workers are mid-call; every finished step is stored
+
+    signal.signal(signal.SIGINT, on_ctrl_c)
+    if quiet:
+        return work(lambda tally: None)
+    with Progress(TextColumn("batch"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[counts]}"),
+                  TimeElapsedColumn(), console=_console(stderr=True), transient=False) as bar:
+        task = bar.add_task("batch", total=None, counts="")
+
+        def on_change(tally) -> None:
+            with tally.lock:
+                finished = tally.skipped + tally.done + tally.failed
+                counts = (f"done {tally.done} · failed {tally.failed} · running {tally.running} · "
+                          f"skipped {tally.skipped} · ${tally.spend_usd:.4f}")
+                bar.update(task, total=tally.total, completed=finished, counts=counts)
+
+        return work(on_change)
 
 
 def escape_markup(text: str) -> str:

@@ -8,19 +8,22 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
-from contextlib import AsyncExitStack, ExitStack
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, ExitStack, asynccontextmanager, contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from agent.config import DEFAULT_MODEL, Settings, load_settings
-from agent.errors import BadInput, CheckpointNotFound, QuestionMismatch, StorageError, ThreadExists, ThreadNotFound
+from agent.errors import (
+    BadInput, CheckpointNotFound, ModelError, QuestionMismatch, StorageError, ThreadBusy, ThreadExists, ThreadNotFound,
+)
 from agent.history import (
     CheckpointInfo, Diff, ThreadInfo, build_history, checkpoint_info, diff_values, parse_assignment, set_path,
     shortest_unique,
 )
 from agent.models import check_spec, make_model, model_identity
 
-Status = Literal["done", "interrupted", "failed"]
+Status = Literal["done", "interrupted", "failed", "budget_exceeded", "running"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class Usage:
     input_tokens: int = 0
     output_tokens: int = 0
     cached_calls: int = 0
+    cost_usd: float = 0.0  # from the price table in config; 0 for models without a known price
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,7 @@ class Event:
     the checkpoint it continues from.
     """
 
-    kind: Literal["resume", "plan", "step", "validation"]
+    kind: Literal["resume", "plan", "step", "validation", "retry"]
     steps: list[str] = field(default_factory=list)  # plan
     number: int = 0  # step: 1-based
     description: str = ""  # step
@@ -81,6 +85,10 @@ class Event:
     ok: bool | None = None  # validation
     reason: str = ""  # validation
     revision: int = 0  # plan: 0 for the first plan, n for the n-th revision
+    node: str = ""  # retry: the node whose call failed
+    attempt: int = 0  # retry: 1 for the first retry
+    wait_s: float = 0.0  # retry: seconds before it
+    error: str = ""  # retry: what failed
 
 
 OnEvent = Callable[[Event], None]
@@ -131,7 +139,12 @@ class _EventTracker:
             checkpoint = snapshot.config["configurable"].get("checkpoint_id", "")
             on_event(Event("resume", steps=self.plan, number=len(values.get("results", [])), result=checkpoint))
 
-    def feed(self, chunk: dict[str, Any]) -> None:
+    def feed(self, mode: str, chunk: Any) -> None:
+        if mode == "custom":
+            if self.on_event is not None and isinstance(chunk, dict) and chunk.get("kind") == "retry":
+                self.on_event(Event("retry", node=chunk["node"], attempt=chunk["attempt"], wait_s=chunk["wait_s"],
+                                    error=chunk["error"], number=chunk["max_retries"]))
+            return
         for node, update in chunk.items():
             if not isinstance(update, dict) or self.on_event is None:
                 continue
@@ -161,6 +174,7 @@ class _Core:
                                                    {"db": db, "model": model, **overrides}.items() if v is not None})
         if settings.model is not None:
             check_spec(settings.model)
+            self.check_price(settings, settings.model)
         self.create = create
         self.settings = settings
         self.saver: Any = None
@@ -173,12 +187,17 @@ class _Core:
             if spec not in self._graphs:
                 from graphs.cot import build_graph
 
+                from graphs.ask import Price, Retry
+
+                price = self.settings.price_of(spec)
                 builder = build_graph(
                     make_model(spec),
                     structured_output=self.settings.structured_output,
                     max_revisions=self.settings.max_revisions,
                     cache=getattr(self.saver, "response_cache", None),
                     model_id=model_identity(spec),
+                    retry=Retry(self.settings.max_retries, self.settings.retry_delay),
+                    price=Price(price.input, price.output) if price else Price(),
                 )
                 self._graphs[spec] = builder.compile(checkpointer=self.saver)
             return self._graphs[spec]
@@ -189,12 +208,15 @@ class _Core:
 
     @staticmethod
     def config(thread: str, checkpoint: str | None = None, *, spec: str | None = None, run: str | None = None,
-               fresh: bool = False, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+               fresh: bool = False, budget: float | None = None,
+               metadata: dict[str, Any] | None = None) -> dict[str, Any]:
         configurable: dict[str, Any] = {"thread_id": thread, "checkpoint_ns": ""}
         if checkpoint:
             configurable["checkpoint_id"] = checkpoint
         if fresh:
             configurable["fresh"] = True  # read by the graph's reply cache; recorded in the checkpoints too
+        if budget is not None:
+            configurable["budget"] = budget  # read before each model call (graphs/ask.py)
         meta = dict(metadata or {})
         if spec:
             # Recorded in every checkpoint's metadata, so `resume` uses the model the thread started with.
@@ -202,6 +224,29 @@ class _Core:
         if run:
             meta["run"] = run  # which command made these checkpoints: reason, resume, replay, fork
         return {"configurable": configurable, "metadata": meta}
+
+    def run_config(self, thread: str, snapshot, run: str, checkpoint: str | None = None, fresh: bool = False,
+                   metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The config a run starts with: which model, which command, the budget in force."""
+        spec = self.model_for(snapshot)
+        self.check_price(self.settings, spec)
+        return self.config(thread, checkpoint, spec=spec, run=run, fresh=fresh, budget=self.settings.budget,
+                           metadata=metadata)
+
+    @staticmethod
+    def check_price(settings: Settings, spec: str) -> None:
+        if settings.budget is not None and settings.price_of(spec) is None:
+            raise ModelError(f"--budget needs a price for '{spec}': add it to [prices] in agent.toml "
+                             "(US dollars per million input and output tokens)")
+
+    @staticmethod
+    def graph_input(snapshot, graph_input: Any) -> Any:
+        """A thread paused at an interrupt (its budget ran out) goes on with a resume command, not plain None."""
+        if graph_input is None and snapshot is not None and getattr(snapshot, "interrupts", ()):
+            from langgraph.types import Command
+
+            return Command(resume=True)
+        return graph_input
 
     def model_for(self, snapshot) -> str:
         if self.settings.model:
@@ -217,9 +262,10 @@ class _Core:
         """What `reason` must do: ("stored", None), ("resume", None) or ("start", input)."""
         from graphs.cot import fresh_state
 
-        if not self.exists(snapshot) or new:
+        stored = snapshot.values.get("question", "") if self.exists(snapshot) else ""
+        # No question stored yet: a run was cut off before its input was applied, so nothing ran; start over.
+        if not stored or new:
             return "start", fresh_state(question)
-        stored = snapshot.values.get("question", "")
         if stored != question:
             raise QuestionMismatch(
                 f"thread '{thread}' already holds the question \"{stored}\": use a new thread id, "
@@ -227,12 +273,25 @@ class _Core:
             )
         return ("stored", None) if not snapshot.next else ("resume", None)
 
-    def result(self, thread: str, snapshot, error: str | None = None, from_store: bool = False) -> RunResult:
+    def result(self, thread: str, snapshot, error: str | None = None, from_store: bool = False,
+               running: bool = False) -> RunResult:
         values = snapshot.values or {}
         plan, results = values.get("plan", []), values.get("results", [])
         task_error = next((str(t.error) for t in snapshot.tasks if getattr(t, "error", None)), None)
         error = error or task_error
-        status: Status = "failed" if error else ("interrupted" if snapshot.next else "done")
+        paused = next((i.value for i in getattr(snapshot, "interrupts", ()) if isinstance(i.value, dict)
+                       and i.value.get("reason") == "budget_exceeded"), None)
+        status: Status
+        if running and snapshot.next:
+            status = "running"
+        elif error:
+            status = "failed"
+        elif paused:
+            status = "budget_exceeded"
+            error = (f"budget exceeded: ${paused['spent_usd']:.6f} spent of ${paused['budget_usd']:.6f}; the next "
+                     f"call needs about ${paused['next_call_usd']:.6f}. Resume with a larger --budget")
+        else:
+            status = "interrupted" if snapshot.next else "done"
         usage = values.get("usage") or {}
         return RunResult(
             thread_id=thread,
@@ -277,8 +336,8 @@ class _Core:
             raise BadInput("the checkpoint id is empty: give an id or a unique prefix of one (see `history`)")
         return prefix
 
-    def thread_info(self, row, snapshot) -> ThreadInfo:
-        result = self.result(row.thread_id, snapshot)
+    def thread_info(self, row, snapshot, running: bool = False) -> ThreadInfo:
+        result = self.result(row.thread_id, snapshot, running=running)
         return ThreadInfo(
             thread_id=row.thread_id,
             status=result.status,
@@ -289,6 +348,7 @@ class _Core:
             branches=max(0, row.leaves - 1),
             head=row.head,
             usage=asdict(result.usage),
+            error=result.error,
         )
 
     @staticmethod
@@ -299,8 +359,8 @@ class _Core:
                 f"checkpoint {checkpoint[:13]} of thread '{thread}' ends its run: nothing runs after it; "
                 "replay from an earlier checkpoint (see `history`)")
 
-    def edit(self, snapshot, assignments: dict[str, Any], as_node: str | None) -> tuple[dict, str | None, str]:
-        """The update, the node it is attributed to, and the edit record for `fork --set`."""
+    def edit(self, snapshot, assignments: dict[str, Any], as_node: str | None) -> tuple[dict, str | None, dict]:
+        """The update, the node it is attributed to, and the metadata that records the edit (`fork --set`)."""
         from graphs.cot import NODES, State, plan_edit
         from langgraph.constants import START
 
@@ -315,7 +375,9 @@ class _Core:
             if as_node not in (*NODES, "input"):
                 raise BadInput(f"--as-node '{as_node}' is not a node: use one of input, {', '.join(NODES)}")
             node = START if as_node == "input" else as_node
-        return update, node, json.dumps(assignments, ensure_ascii=False, sort_keys=True)
+        # Checkpoint metadata keeps only plain values, so the edit is stored as JSON text.
+        record = json.dumps(assignments, ensure_ascii=False, sort_keys=True)
+        return update, node, {"edit": record, "as_node": node or ""}
 
     @staticmethod
     def check_new_thread(target: str, rows) -> str:
@@ -331,6 +393,35 @@ def _parent_id(snapshot) -> str | None:
 
 def _checkpoint_id(snapshot) -> str:
     return snapshot.config["configurable"]["checkpoint_id"]
+
+
+STREAM_MODES = ["updates", "custom"]  # node updates, and the retries the graph reports as they happen
+
+
+def _checkpoint_id_of(config: dict) -> str:
+    return config["configurable"]["checkpoint_id"]
+
+
+@contextmanager
+def _busy_as_ours() -> Iterator[None]:
+    from savers.errors import ThreadBusy as Busy
+
+    try:
+        yield
+    except Busy as exc:
+        raise ThreadBusy(str(exc)) from None
+
+
+@contextmanager
+def _unreadable_after(error: str | None) -> Iterator[None]:
+    """After a failed run the database may itself be what failed: say so in one line."""
+    try:
+        yield
+    except Exception as exc:
+        if error is None:
+            raise
+        raise StorageError(f"the run failed ({error}) and the database cannot be read right now "
+                           f"({type(exc).__name__}); the thread is intact: resume it later") from None
 
 
 def _describe_failure(exc: BaseException) -> str:
@@ -393,15 +484,18 @@ class Agent:
         return head if checkpoint is None else self._snapshot(thread, self._resolve(thread, checkpoint))
 
     def result(self, thread: str) -> RunResult:
-        """Where a thread stands now, from the database alone."""
+        """Where a thread stands now, from the database alone (status `running` while a run holds it)."""
         thread = _clean_thread(thread)
-        return self._core.result(thread, self._core.existing(thread, self._snapshot(thread)))
+        snapshot = self._core.existing(thread, self._snapshot(thread))
+        return self._core.result(thread, snapshot, running=bool(self._running([thread])))
 
     def threads(self) -> list[ThreadInfo]:
         """Every thread in the database, the one with the newest checkpoint first."""
         from savers.catalog import list_threads
 
-        return [self._core.thread_info(row, self._snapshot(row.thread_id)) for row in list_threads(self._core.saver)]
+        rows = list_threads(self._core.saver)
+        running = self._running([row.thread_id for row in rows])
+        return [self._core.thread_info(row, self._snapshot(row.thread_id), row.thread_id in running) for row in rows]
 
     def history(self, thread: str) -> list[CheckpointInfo]:
         """Every checkpoint of a thread, on every branch, oldest first, with parent links."""
@@ -429,6 +523,24 @@ class Agent:
 
     # -- running ---------------------------------------------------------------------------------------------
 
+    @contextmanager
+    def _hold(self, thread: str) -> Iterator[None]:
+        """This run's lock on the thread: a second run on it, in any process, gets ThreadBusy (exit 3)."""
+        from savers.locks import locks_for
+
+        with _busy_as_ours():
+            hold = locks_for(self._core.saver).hold(thread)
+            hold.__enter__()
+        try:
+            yield
+        finally:
+            hold.__exit__(None, None, None)
+
+    def _running(self, threads: list[str]) -> set[str]:
+        from savers.locks import locks_for
+
+        return locks_for(self._core.saver).running(threads)
+
     def _run(self, config: dict[str, Any], graph_input: Any, snapshot, on_event: OnEvent | None,
              resuming: bool) -> RunResult:
         thread = config["configurable"]["thread_id"]
@@ -436,31 +548,35 @@ class Agent:
         graph = self._core.graph(config["metadata"]["model"])
         error = None
         try:
-            for chunk in graph.stream(graph_input, config, stream_mode="updates", durability="sync"):
-                tracker.feed(chunk)
+            for mode, chunk in graph.stream(self._core.graph_input(snapshot, graph_input), config,
+                                            stream_mode=STREAM_MODES, durability="sync"):
+                tracker.feed(mode, chunk)
         except Exception as exc:  # the run failed; its checkpoints stand and it can be resumed
             error = _describe_failure(exc)
-        return self._core.result(thread, graph.get_state(self._core.config(thread)), error)
+        with _unreadable_after(error):
+            return self._core.result(thread, graph.get_state(self._core.config(thread)), error)
 
     def reason(self, question: str, thread: str, *, new: bool = False,
                on_event: OnEvent | None = None) -> RunResult:
         """Answer `question` on `thread`: start it, resume it if it was cut short, or return its stored answer."""
         question, thread = clean_question(question), _clean_thread(thread)
-        snapshot = self._snapshot(thread)
-        action, graph_input = self._core.plan_run(question, thread, snapshot, new)
-        if action == "stored":
-            return self._core.result(thread, snapshot, from_store=True)
-        config = self._core.config(thread, spec=self._core.model_for(snapshot), run="reason")
-        return self._run(config, graph_input, snapshot, on_event, resuming=action == "resume")
+        with self._hold(thread):
+            snapshot = self._snapshot(thread)
+            action, graph_input = self._core.plan_run(question, thread, snapshot, new)
+            if action == "stored":
+                return self._core.result(thread, snapshot, from_store=True)
+            config = self._core.run_config(thread, snapshot, "reason")
+            return self._run(config, graph_input, snapshot, on_event, resuming=action == "resume")
 
     def resume(self, thread: str, *, on_event: OnEvent | None = None) -> RunResult:
         """Continue a thread from its last checkpoint; a finished thread returns its stored answer."""
         thread = _clean_thread(thread)
-        snapshot = self._core.existing(thread, self._snapshot(thread))
-        if not snapshot.next:
-            return self._core.result(thread, snapshot, from_store=True)
-        config = self._core.config(thread, spec=self._core.model_for(snapshot), run="resume")
-        return self._run(config, None, snapshot, on_event, resuming=True)
+        with self._hold(thread):
+            snapshot = self._core.existing(thread, self._snapshot(thread))
+            if not snapshot.next:
+                return self._core.result(thread, snapshot, from_store=True)
+            return self._run(self._core.run_config(thread, snapshot, "resume"), None, snapshot, on_event,
+                             resuming=True)
 
     def replay(self, thread: str, checkpoint: str, *, fresh: bool = False,
                on_event: OnEvent | None = None) -> RunResult:
@@ -468,11 +584,11 @@ class Agent:
 
         Unchanged requests are answered from the reply cache (no model call) unless `fresh`.
         """
-        snapshot = self._at(thread, checkpoint)
-        self._core.replayable(thread, snapshot)
-        config = self._core.config(thread, _checkpoint_id(snapshot), spec=self._core.model_for(snapshot),
-                                   run="replay", fresh=fresh)
-        return self._run(config, None, snapshot, on_event, resuming=True)
+        with self._hold(_clean_thread(thread)):
+            snapshot = self._at(thread, checkpoint)
+            self._core.replayable(thread, snapshot)
+            config = self._core.run_config(thread, snapshot, "replay", _checkpoint_id(snapshot), fresh=fresh)
+            return self._run(config, None, snapshot, on_event, resuming=True)
 
     def fork(self, thread: str, checkpoint: str, values: dict[str, Any], *, as_node: str | None = None,
              run: bool = True, fresh: bool = False, on_event: OnEvent | None = None) -> RunResult:
@@ -480,17 +596,15 @@ class Agent:
 
         What depended on an edited field is dropped and redone; only requests that changed reach the model.
         """
-        snapshot = self._at(thread, checkpoint)
-        update, node, record = self._core.edit(snapshot, values, as_node)
-        spec = self._core.model_for(snapshot)
-        config = self._core.config(thread, _checkpoint_id(snapshot), spec=spec, run="fork", metadata={"edit": record, "as_node": node or ""})
-        edited = self._core.reader().update_state(config, update, as_node=node)
-        edited_snapshot = self._snapshot(thread, edited["configurable"]["checkpoint_id"])
-        if not run or not edited_snapshot.next:
-            return self._core.result(thread, edited_snapshot)
-        config = self._core.config(thread, edited["configurable"]["checkpoint_id"], spec=spec, run="fork",
-                                   fresh=fresh)
-        return self._run(config, None, edited_snapshot, on_event, resuming=True)
+        with self._hold(_clean_thread(thread)):
+            snapshot = self._at(thread, checkpoint)
+            update, node, metadata = self._core.edit(snapshot, values, as_node)
+            config = self._core.run_config(thread, snapshot, "fork", _checkpoint_id(snapshot), metadata=metadata)
+            edited = self._snapshot(thread, _checkpoint_id_of(self._core.reader().update_state(config, update, node)))
+            if not run or not edited.next:
+                return self._core.result(thread, edited)
+            config = self._core.run_config(thread, snapshot, "fork", _checkpoint_id(edited), fresh=fresh)
+            return self._run(config, None, edited, on_event, resuming=True)
 
     def branch(self, thread: str, checkpoint: str, to: str) -> ThreadInfo:
         """A new thread `to` whose history is `thread`'s lineage up to `checkpoint`; `thread` is untouched."""
@@ -553,15 +667,18 @@ class AsyncAgent:
         return head if checkpoint is None else await self._snapshot(thread, await self._resolve(thread, checkpoint))
 
     async def result(self, thread: str) -> RunResult:
-        """Where a thread stands now, from the database alone."""
+        """Where a thread stands now, from the database alone (status `running` while a run holds it)."""
         thread = _clean_thread(thread)
-        return self._core.result(thread, self._core.existing(thread, await self._snapshot(thread)))
+        snapshot = self._core.existing(thread, await self._snapshot(thread))
+        return self._core.result(thread, snapshot, running=bool(await self._running([thread])))
 
     async def threads(self) -> list[ThreadInfo]:
         from savers.catalog import alist_threads
 
-        return [self._core.thread_info(row, await self._snapshot(row.thread_id))
-                for row in await alist_threads(self._core.saver)]
+        rows = await alist_threads(self._core.saver)
+        running = await self._running([row.thread_id for row in rows])
+        return [self._core.thread_info(row, await self._snapshot(row.thread_id), row.thread_id in running)
+                for row in rows]
 
     async def history(self, thread: str) -> list[CheckpointInfo]:
         head = await self._at(thread, None)
@@ -586,6 +703,23 @@ class AsyncAgent:
 
     # -- running ---------------------------------------------------------------------------------------------
 
+    @asynccontextmanager
+    async def _hold(self, thread: str) -> AsyncIterator[None]:
+        from savers.locks import locks_for
+
+        with _busy_as_ours():
+            hold = locks_for(self._core.saver).ahold(thread)
+            await hold.__aenter__()
+        try:
+            yield
+        finally:
+            await hold.__aexit__(None, None, None)
+
+    async def _running(self, threads: list[str]) -> set[str]:
+        from savers.locks import locks_for
+
+        return await locks_for(self._core.saver).arunning(threads)
+
     async def _run(self, config: dict[str, Any], graph_input: Any, snapshot, on_event: OnEvent | None,
                    resuming: bool) -> RunResult:
         thread = config["configurable"]["thread_id"]
@@ -593,53 +727,56 @@ class AsyncAgent:
         graph = self._core.graph(config["metadata"]["model"])
         error = None
         try:
-            async for chunk in graph.astream(graph_input, config, stream_mode="updates", durability="sync"):
-                tracker.feed(chunk)
+            async for mode, chunk in graph.astream(self._core.graph_input(snapshot, graph_input), config,
+                                                   stream_mode=STREAM_MODES, durability="sync"):
+                tracker.feed(mode, chunk)
         except Exception as exc:  # the run failed; its checkpoints stand and it can be resumed
             error = _describe_failure(exc)
-        return self._core.result(thread, await graph.aget_state(self._core.config(thread)), error)
+        with _unreadable_after(error):
+            return self._core.result(thread, await graph.aget_state(self._core.config(thread)), error)
 
     async def reason(self, question: str, thread: str, *, new: bool = False,
                      on_event: OnEvent | None = None) -> RunResult:
         """Answer `question` on `thread`: start it, resume it if it was cut short, or return its stored answer."""
         question, thread = clean_question(question), _clean_thread(thread)
-        snapshot = await self._snapshot(thread)
-        action, graph_input = self._core.plan_run(question, thread, snapshot, new)
-        if action == "stored":
-            return self._core.result(thread, snapshot, from_store=True)
-        config = self._core.config(thread, spec=self._core.model_for(snapshot), run="reason")
-        return await self._run(config, graph_input, snapshot, on_event, resuming=action == "resume")
+        async with self._hold(thread):
+            snapshot = await self._snapshot(thread)
+            action, graph_input = self._core.plan_run(question, thread, snapshot, new)
+            if action == "stored":
+                return self._core.result(thread, snapshot, from_store=True)
+            config = self._core.run_config(thread, snapshot, "reason")
+            return await self._run(config, graph_input, snapshot, on_event, resuming=action == "resume")
 
     async def resume(self, thread: str, *, on_event: OnEvent | None = None) -> RunResult:
         """Continue a thread from its last checkpoint; a finished thread returns its stored answer."""
         thread = _clean_thread(thread)
-        snapshot = self._core.existing(thread, await self._snapshot(thread))
-        if not snapshot.next:
-            return self._core.result(thread, snapshot, from_store=True)
-        config = self._core.config(thread, spec=self._core.model_for(snapshot), run="resume")
-        return await self._run(config, None, snapshot, on_event, resuming=True)
+        async with self._hold(thread):
+            snapshot = self._core.existing(thread, await self._snapshot(thread))
+            if not snapshot.next:
+                return self._core.result(thread, snapshot, from_store=True)
+            return await self._run(self._core.run_config(thread, snapshot, "resume"), None, snapshot, on_event,
+                                   resuming=True)
 
     async def replay(self, thread: str, checkpoint: str, *, fresh: bool = False,
                      on_event: OnEvent | None = None) -> RunResult:
-        snapshot = await self._at(thread, checkpoint)
-        self._core.replayable(thread, snapshot)
-        config = self._core.config(thread, _checkpoint_id(snapshot), spec=self._core.model_for(snapshot),
-                                   run="replay", fresh=fresh)
-        return await self._run(config, None, snapshot, on_event, resuming=True)
+        async with self._hold(_clean_thread(thread)):
+            snapshot = await self._at(thread, checkpoint)
+            self._core.replayable(thread, snapshot)
+            config = self._core.run_config(thread, snapshot, "replay", _checkpoint_id(snapshot), fresh=fresh)
+            return await self._run(config, None, snapshot, on_event, resuming=True)
 
     async def fork(self, thread: str, checkpoint: str, values: dict[str, Any], *, as_node: str | None = None,
                    run: bool = True, fresh: bool = False, on_event: OnEvent | None = None) -> RunResult:
-        snapshot = await self._at(thread, checkpoint)
-        update, node, record = self._core.edit(snapshot, values, as_node)
-        spec = self._core.model_for(snapshot)
-        config = self._core.config(thread, _checkpoint_id(snapshot), spec=spec, run="fork", metadata={"edit": record, "as_node": node or ""})
-        edited = await self._core.reader().aupdate_state(config, update, as_node=node)
-        edited_snapshot = await self._snapshot(thread, edited["configurable"]["checkpoint_id"])
-        if not run or not edited_snapshot.next:
-            return self._core.result(thread, edited_snapshot)
-        config = self._core.config(thread, edited["configurable"]["checkpoint_id"], spec=spec, run="fork",
-                                   fresh=fresh)
-        return await self._run(config, None, edited_snapshot, on_event, resuming=True)
+        async with self._hold(_clean_thread(thread)):
+            snapshot = await self._at(thread, checkpoint)
+            update, node, metadata = self._core.edit(snapshot, values, as_node)
+            config = self._core.run_config(thread, snapshot, "fork", _checkpoint_id(snapshot), metadata=metadata)
+            stored = await self._core.reader().aupdate_state(config, update, node)
+            edited = await self._snapshot(thread, _checkpoint_id_of(stored))
+            if not run or not edited.next:
+                return self._core.result(thread, edited)
+            config = self._core.run_config(thread, snapshot, "fork", _checkpoint_id(edited), fresh=fresh)
+            return await self._run(config, None, edited, on_event, resuming=True)
 
     async def branch(self, thread: str, checkpoint: str, to: str) -> ThreadInfo:
         from savers.catalog import alist_threads

@@ -21,7 +21,32 @@ ENV = {
     "AGENT_MODEL": "model",
     "AGENT_STRUCTURED_OUTPUT": "structured_output",
     "AGENT_MAX_REVISIONS": "max_revisions",
+    "AGENT_MAX_RETRIES": "max_retries",
+    "AGENT_RETRY_DELAY": "retry_delay",
+    "AGENT_BUDGET": "budget",
 }
+
+# US dollars per million tokens (OpenAI's list prices for standard requests). A [prices] table in
+# agent.toml adds models or overrides these; the offline model costs nothing.
+DEFAULT_PRICES: dict[str, dict[str, float]] = {
+    "offline": {"input": 0.0, "output": 0.0},
+    "gpt-4o-mini": {"input": 0.15, "output": 0.60},
+    "gpt-4o": {"input": 2.50, "output": 10.00},
+    "gpt-4.1": {"input": 2.00, "output": 8.00},
+    "gpt-4.1-mini": {"input": 0.40, "output": 1.60},
+    "gpt-4.1-nano": {"input": 0.10, "output": 0.40},
+    "o3-mini": {"input": 1.10, "output": 4.40},
+    "o4-mini": {"input": 1.10, "output": 4.40},
+    "o3": {"input": 2.00, "output": 8.00},
+    "gpt-3.5-turbo": {"input": 0.50, "output": 1.50},
+}
+
+
+class ModelPrice(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
 
 
 class Settings(BaseModel):
@@ -33,6 +58,20 @@ class Settings(BaseModel):
     model: str | None = None
     structured_output: Literal["json_schema", "function_calling"] = "json_schema"
     max_revisions: int = Field(default=2, ge=0, le=10)
+    max_retries: int = Field(default=3, ge=0, le=20)
+    retry_delay: float = Field(default=1.0, ge=0, le=60)
+    budget: float | None = Field(default=None, gt=0)
+    prices: dict[str, ModelPrice] = Field(default_factory=dict)
+
+    def price_of(self, spec: str) -> ModelPrice | None:
+        """The price of a model spec ("openai:gpt-4o-mini" or just the name), or None when unknown."""
+        name = spec.partition(":")[2] or spec
+        for key in (spec, name):
+            if key in self.prices:
+                return self.prices[key]
+            if key in DEFAULT_PRICES:
+                return ModelPrice(**DEFAULT_PRICES[key])
+        return None
 
 
 def _describe(exc: ValidationError, source: str) -> str:

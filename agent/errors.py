@@ -40,3 +40,9 @@ class CheckpointNotFound(AgentError):
 
 class ThreadExists(AgentError):
     """A new thread (e.g. a branch) was asked for under a name that is taken."""
+
+
+class ThreadBusy(AgentError):
+    """Another process or task is running the thread right now. Exit code 3."""
+
+    exit_code = 3

@@ -172,6 +172,7 @@ class ThreadInfo:
     branches: int
     head: str
     usage: dict = field(default_factory=dict)
+    error: str | None = None  # why a failed run failed, or what a spent budget stopped
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -48,4 +48,5 @@ def make_model(spec: str) -> BaseChatModel:
         )
     from langchain_openai import ChatOpenAI
 
-    return ChatOpenAI(model=spec.partition(":")[2].strip(), temperature=0, timeout=REQUEST_TIMEOUT_S)
+    # max_retries=0: the graph retries itself (graphs/ask.py), so that each retry shows in the progress.
+    return ChatOpenAI(model=spec.partition(":")[2].strip(), temperature=0, timeout=REQUEST_TIMEOUT_S, max_retries=0)

@@ -31,21 +31,28 @@ def _text(value: Any, width: int | None = None) -> str:
     return escape(text)
 
 
-STATUS_STYLE = {"done": "green", "interrupted": "yellow", "failed": "red", "running": "cyan"}
+def dollars(amount: float) -> str:
+    """Spend as people read it: cents for most runs, more digits for the tiny sums of cheap models."""
+    return f"${amount:.2f}" if amount >= 0.01 or amount == 0 else f"${amount:.6f}"
+
+
+STATUS_STYLE = {"done": "green", "interrupted": "yellow", "failed": "red", "running": "cyan",
+                "budget_exceeded": "magenta"}
 
 
 def threads_table(threads) -> Table:
     table = Table(title=f"{len(threads)} threads", title_justify="left", expand=False)
-    for column in ("thread", "status", "question", "answer", "checkpoints", "branches", "model calls", "updated"):
+    numbers = ("checkpoints", "branches", "model calls", "spend")
+    for column in ("thread", "status", "question", "answer", *numbers, "updated"):
         table.add_column(column, no_wrap=column not in ("question", "answer"), min_width=8,
-                         justify="right" if column in ("checkpoints", "branches", "model calls") else "left")
+                         justify="right" if column in numbers else "left")
     for t in threads:
         style = STATUS_STYLE.get(t.status, "")
         calls = t.usage.get("llm_calls", 0)
         cached = t.usage.get("cached_calls", 0)
         table.add_row(escape(t.thread_id), f"[{style}]{t.status}[/]", _text(t.question, 50), _text(t.answer, 20),
                       str(t.checkpoints), str(t.branches), f"{calls}" + (f" (+{cached} cached)" if cached else ""),
-                      _when(t.updated_at))
+                      dollars(t.usage.get("cost_usd", 0.0)), _when(t.updated_at))
     return table
 
 
@@ -117,7 +124,7 @@ def state_lines(view) -> list[str]:
         f"[bold]Validation:[/] {verdict}",
         f"[bold]Revisions:[/] {values.get('revisions', 0)}",
         f"[bold]Usage:[/] {usage.llm_calls} model calls ({usage.cached_calls} from cache), "
-        f"{usage.input_tokens} in / {usage.output_tokens} out tokens",
+        f"{usage.input_tokens} in / {usage.output_tokens} out tokens, {dollars(usage.cost_usd)}",
         f"[bold]Status:[/] [{STATUS_STYLE.get(result.status, '')}]{result.status}[/]"
         + (f" · {escape(result.error)}" if result.error else ""),
         f"[bold]Next:[/] {_next(info.next) if info.next else 'nothing (the run ends here)'}",

@@ -5,26 +5,26 @@ Each node makes exactly one model call, so each call is its own checkpoint and a
 
 from __future__ import annotations
 
-import hashlib
-import json
-from typing import Annotated, Any, Callable, Protocol, TypedDict
+from typing import Annotated, Callable, TypedDict
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import RunnableConfig, RunnableLambda
 from langgraph.graph import END, START, StateGraph
-from pydantic import BaseModel
 
 from graphs import prompts
+from graphs.ask import Ask, Price, ReplyCache, Retry
 
 NODES = ("analyze", "execute", "validate")
 # cached_calls: requests answered from the reply cache, which cost nothing and are not in llm_calls.
-USAGE_KEYS = ("llm_calls", "input_tokens", "output_tokens", "cached_calls")
+USAGE_KEYS = ("llm_calls", "input_tokens", "output_tokens", "cached_calls", "cost_usd")
 
 
 def add_usage(old: dict | None, new: dict | None) -> dict:
     """Usage accumulates over the whole thread: every call adds to it, nothing resets it."""
     old, new = old or {}, new or {}
-    return {key: old.get(key, 0) + new.get(key, 0) for key in USAGE_KEYS}
+    total = {key: old.get(key, 0) + new.get(key, 0) for key in USAGE_KEYS}
+    total["cost_usd"] = round(total["cost_usd"], 10)  # sums of float prices drift in the last digits
+    return total
 
 
 class State(TypedDict, total=False):
@@ -41,36 +41,6 @@ class State(TypedDict, total=False):
 def fresh_state(question: str) -> State:
     """The input that starts a run: every field set, so a new run on an old thread inherits nothing."""
     return State(question=question, plan=[], results=[], draft="", answer="", validation={}, revisions=0)
-
-
-class ReplyCache(Protocol):
-    """Where model replies are kept by request (the savers provide one per database); sync or async."""
-
-    def get(self, key: str) -> dict | None: ...
-    def put(self, key: str, model: str, thread_id: str | None, value: dict) -> None: ...
-    async def aget(self, key: str) -> dict | None: ...
-    async def aput(self, key: str, model: str, thread_id: str | None, value: dict) -> None: ...
-
-
-def request_key(model_id: str, method: str, schema: type[BaseModel], messages: list) -> str:
-    """The identity of a request: same model, same structure asked for, same messages -> same key."""
-    request = {"model": model_id, "method": method, "schema": schema.model_json_schema(), "messages": messages}
-    return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
-
-
-class ModelOutputError(RuntimeError):
-    """The model's reply did not fit the requested structure."""
-
-
-def _usage_of(raw: Any) -> dict:
-    meta = getattr(raw, "usage_metadata", None) or {}
-    return {"llm_calls": 1, "input_tokens": meta.get("input_tokens", 0), "output_tokens": meta.get("output_tokens", 0)}
-
-
-def _parsed(schema: type[BaseModel], out: dict) -> BaseModel:
-    if out.get("parsing_error") is not None or out.get("parsed") is None:
-        raise ModelOutputError(f"the model's reply is not a valid {schema.__name__}: {out.get('parsing_error')}")
-    return out["parsed"]
 
 
 # Each node is a pair: `request(state)` -> (schema, messages), and `apply(state, reply)` -> state update.
@@ -115,72 +85,15 @@ def _make_validate_apply(max_revisions: int):
     return apply
 
 
-class _Ask:
-    """One structured model call, answered from the reply cache when the exact request was made before.
-
-    A run with configurable `fresh=True` skips the lookup and asks the model. The first reply stored for a
-    request is the one kept, so later replays stay faithful to the original run.
-    """
-
-    def __init__(self, model: BaseChatModel, model_id: str, method: str, cache: ReplyCache | None):
-        self.model, self.model_id, self.method, self.cache = model, model_id, method, cache
-        self._structured: dict = {}
-
-    def _runnable(self, schema):
-        if schema not in self._structured:
-            self._structured[schema] = self.model.with_structured_output(schema, method=self.method, include_raw=True)
-        return self._structured[schema]
-
-    def _key(self, schema, messages) -> str:
-        return request_key(self.model_id, self.method, schema, messages)
-
-    def _cached(self, config) -> bool:
-        return self.cache is not None and not config.get("configurable", {}).get("fresh")
-
-    @staticmethod
-    def _from_cache(schema, hit: dict) -> tuple[BaseModel, dict]:
-        return schema.model_validate(hit["reply"]), {"cached_calls": 1}
-
-    @staticmethod
-    def _entry(reply: BaseModel, usage: dict) -> dict:
-        return {"reply": reply.model_dump(), "usage": usage}
-
-    def __call__(self, schema, messages, config) -> tuple[BaseModel, dict]:
-        key = self._key(schema, messages)
-        hit = self.cache.get(key) if self._cached(config) else None
-        if hit:
-            return self._from_cache(schema, hit)
-        out = self._runnable(schema).invoke(messages, config)
-        reply, usage = _parsed(schema, out), _usage_of(out["raw"])
-        if self.cache is not None:
-            self.cache.put(key, self.model_id, _thread_of(config), self._entry(reply, usage))
-        return reply, usage
-
-    async def acall(self, schema, messages, config) -> tuple[BaseModel, dict]:
-        key = self._key(schema, messages)
-        hit = await self.cache.aget(key) if self._cached(config) else None
-        if hit:
-            return self._from_cache(schema, hit)
-        out = await self._runnable(schema).ainvoke(messages, config)
-        reply, usage = _parsed(schema, out), _usage_of(out["raw"])
-        if self.cache is not None:
-            await self.cache.aput(key, self.model_id, _thread_of(config), self._entry(reply, usage))
-        return reply, usage
-
-
-def _thread_of(config: RunnableConfig) -> str | None:
-    return config.get("configurable", {}).get("thread_id")
-
-
-def _node(name: str, ask: _Ask, request: Callable, apply: Callable) -> RunnableLambda:
+def _node(name: str, ask: Ask, request: Callable, apply: Callable) -> RunnableLambda:
     def sync(state: State, config: RunnableConfig) -> dict:
         schema, messages = request(state)
-        reply, usage = ask(schema, messages, config)
+        reply, usage = ask(name, schema, messages, state.get("usage") or {}, config)
         return {**apply(state, reply), "usage": usage}
 
     async def async_(state: State, config: RunnableConfig) -> dict:
         schema, messages = request(state)
-        reply, usage = await ask.acall(schema, messages, config)
+        reply, usage = await ask.acall(name, schema, messages, state.get("usage") or {}, config)
         return {**apply(state, reply), "usage": usage}
 
     return RunnableLambda(sync, afunc=async_, name=name)
@@ -238,13 +151,16 @@ def build_graph(
     max_revisions: int = 2,
     cache: ReplyCache | None = None,
     model_id: str = "",
+    retry: Retry | None = None,
+    price: Price | None = None,
 ) -> StateGraph:
     """The reasoning graph, uncompiled: the caller compiles it with whatever checkpointer it has.
 
-    `cache` answers repeated requests without the model; `model_id` names the model in cache keys
-    (it must change whenever the same request could get a different reply: model name, endpoint).
+    `cache` answers repeated requests without the model; `model_id` names the model in cache keys (it must
+    change whenever the same request could get a different reply: model name, endpoint). `retry` says how
+    passing faults are retried; `price` turns tokens into dollars for usage and budgets.
     """
-    ask = _Ask(model, model_id or model.get_name(), structured_output, cache)
+    ask = Ask(model, model_id or model.get_name(), structured_output, cache, retry or Retry(), price or Price())
     builder = StateGraph(State)
     builder.add_node("analyze", _node("analyze", ask, _analyze_request, _analyze_apply))
     builder.add_node("execute", _node("execute", ask, _execute_request, _execute_apply))

@@ -3,3 +3,7 @@
 
 class StorageError(Exception):
     """The database named by a URL cannot be opened, reached or used."""
+
+
+class ThreadBusy(StorageError):
+    """Another process or task is running the thread right now."""

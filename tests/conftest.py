@@ -4,8 +4,10 @@ and a way to run the CLI as a user would (a real `python -m agent` process)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -20,10 +22,17 @@ BACKENDS = ["sqlite", "postgres"]
 
 
 @pytest.fixture(scope="session")
-def pg(tmp_path_factory):
-    """One real Postgres for the session (AGENT_TEST_POSTGRES_URL, else a throwaway embedded server)."""
-    with postgres_server(tmp_path_factory.mktemp("pg")) as server:
-        yield server
+def pg():
+    """One real Postgres for the session (AGENT_TEST_POSTGRES_URL, else a throwaway embedded server).
+
+    Its files live outside pytest's own temp tree: another pytest session starting meanwhile resets that
+    tree to mode 0700, which would lock out the unprivileged user the server runs as."""
+    root = Path(tempfile.mkdtemp(prefix="agent-test-pg-"))
+    try:
+        with postgres_server(root) as server:
+            yield server
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def fresh_db_url(backend: str, request, tmp_path: Path) -> str:

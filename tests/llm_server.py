@@ -24,6 +24,10 @@ class LLMServer:
         self._hold_at: int | None = None
         self.held = threading.Event()  # set when the request to hold has arrived
         self.release = threading.Event()
+        self._failures: list[tuple[int, dict[str, str]]] = []
+        self.delay = 0.0  # seconds each reply takes
+        self.in_flight = 0
+        self.max_in_flight = 0  # the most requests it was answering at one time
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -53,6 +57,11 @@ class LLMServer:
         self.held.clear()
         self.release.clear()
 
+    def fail(self, status: int, times: int = 1, headers: dict[str, str] | None = None) -> None:
+        """Answer the next `times` requests with an HTTP error (e.g. 429 with Retry-After, or 500)."""
+        with self._lock:
+            self._failures += [(status, headers or {})] * times
+
     def bodies(self) -> list[str]:
         """Each request's messages, canonical: two calls with the same input compare equal."""
         with self._lock:
@@ -70,11 +79,33 @@ class LLMServer:
         task, mode = self._task_of(body)
         body["_task"] = task
         with self._lock:
+            failure = self._failures.pop(0) if self._failures else None
+            body["_failed"] = failure[0] if failure else None
             self.requests.append(body)
             number = len(self.requests)
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            self._answer(handler, body, task, mode, number, failure)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def answered(self) -> list[dict[str, Any]]:
+        """The requests that got a reply (not an injected error)."""
+        with self._lock:
+            return [r for r in self.requests if r["_failed"] is None]
+
+    def _answer(self, handler, body, task, mode, number, failure) -> None:
         if number == self._hold_at:
             self.held.set()
             self.release.wait(timeout=60)
+        if self.delay:
+            time.sleep(self.delay)
+        if failure:
+            status, headers = failure
+            self._send(handler, status, {"error": {"message": f"injected {status}", "type": "test"}}, headers)
+            return
         prompt = str(body["messages"][-1]["content"])
         answer = json.dumps(respond(task, prompt))
         message: dict[str, Any] = {"role": "assistant", "content": None}
@@ -107,10 +138,13 @@ class LLMServer:
         return "", "text"
 
     @staticmethod
-    def _send(handler: BaseHTTPRequestHandler, status: int, payload: dict[str, Any]) -> None:
+    def _send(handler: BaseHTTPRequestHandler, status: int, payload: dict[str, Any],
+              headers: dict[str, str] | None = None) -> None:
         data = json.dumps(payload).encode()
         try:
             handler.send_response(status)
+            for name, value in (headers or {}).items():
+                handler.send_header(name, value)
             handler.send_header("Content-Type", "application/json")
             handler.send_header("Content-Length", str(len(data)))
             handler.end_headers()

@@ -36,6 +36,14 @@ class PgServer:
     user: str = "postgres"
     maintenance_db: str = "postgres"  # where CREATE/DROP DATABASE are issued from
     query: str = ""  # extra URL parameters of AGENT_TEST_POSTGRES_URL, e.g. sslmode
+    _restart: object = field(default=None, repr=False)
+
+    def restart(self) -> None:
+        """Restart the server the way an operator does (fast shutdown: every session is cut off), on the same
+        data and port. Not a crash: with synchronous_commit=off a crash would lose the last commits."""
+        if self._restart is None:
+            raise RuntimeError(f"{ENV_URL} names a server this suite did not start; it cannot restart it")
+        self._restart()
 
     def url(self, dbname: str = "postgres", password: str | None = None) -> str:
         pw = urllib.parse.quote(self.password if password is None else password, safe="")
@@ -101,20 +109,31 @@ def postgres_server(tmp_root: Path) -> Iterator[PgServer]:
         pwfile.unlink()
         if initdb.returncode:
             raise RuntimeError(f"initdb failed:\n{initdb.stdout}\n{initdb.stderr}")
-        with log.open("ab") as log_f:
-            proc = subprocess.Popen(
-                [bin_dir / "postgres", "-D", data, "-h", server.host, "-p", str(server.port),
-                 "-k", sock_dir, "-c", "fsync=off", "-c", "synchronous_commit=off",
-                 "-c", "full_page_writes=off", "-c", "max_connections=200",
-                 "-c", "shared_buffers=16MB"],
-                stdin=subprocess.DEVNULL, stdout=log_f, stderr=subprocess.STDOUT, cwd=work,
-                # Own session: a terminal Ctrl-C must reach pytest, not shut the server down
-                # under still-running teardown code; we stop it ourselves below.
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-                **run_as,
-            )
+        def launch() -> subprocess.Popen:
+            with log.open("ab") as log_f:
+                return subprocess.Popen(
+                    [bin_dir / "postgres", "-D", data, "-h", server.host, "-p", str(server.port),
+                     "-k", sock_dir, "-c", "fsync=off", "-c", "synchronous_commit=off",
+                     "-c", "full_page_writes=off", "-c", "max_connections=200",
+                     "-c", "shared_buffers=16MB"],
+                    stdin=subprocess.DEVNULL, stdout=log_f, stderr=subprocess.STDOUT, cwd=work,
+                    # Own session: a terminal Ctrl-C must reach pytest, not shut the server down
+                    # under still-running teardown code; we stop it ourselves below.
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent,
+                    **run_as,
+                )
+
+        def restart() -> None:
+            nonlocal proc
+            proc.send_signal(signal.SIGINT)  # fast shutdown
+            proc.wait(timeout=30)
+            proc = launch()
+            _wait_until_ready(server, proc, log)
+
+        proc = launch()
         _wait_until_ready(server, proc, log)
+        server._restart = restart
         yield server
     finally:
         if proc is not None:
