@@ -318,3 +318,24 @@ def test_names_and_values_are_shown_as_text_never_as_markup(tmp_path):
         return all(evil not in page and "&lt;img src=x onerror=alert(1)&gt;" in page for page in pages)
 
     assert ui(db_url, scenario)
+
+
+def test_a_thread_another_process_is_running_shows_as_running(db_url, llm, cli):
+    llm.hold(1)  # the run's first model call waits until released
+    proc = cli.popen("reason", QUESTION, "--thread", "busy", "--model", "openai:gpt-4o-mini", "--db", db_url,
+                     env=llm.env())
+    try:
+        assert llm.held.wait(timeout=60), proc.stderr.read() if proc.poll() is not None else "no call arrived"
+
+        async def scenario(client, agent):
+            listed = (await client.get("/")).text
+            page = (await client.get("/thread", params={"t": "busy"})).text
+            return listed, page
+
+        listed, page = ui(db_url, scenario, write=True)
+        row = re.search(r'<tr data-thread="busy">(.*?)</tr>', listed, re.S).group(1)
+        assert 'class="status running"' in row
+        assert 'class="status running"' in page and "Resume the run" not in page
+    finally:
+        llm.release.set()
+        assert proc.wait(timeout=60) == 0

@@ -172,9 +172,9 @@ def create_app(agent: AsyncAgent, *, write: bool = False, token: str | None = No
             selected = (await agent.state(view.thread, selected)).checkpoint.checkpoint_id
         view = views.GraphView(**{**view.__dict__, "selected": selected})
         graph = views.build_graph(view, record.rows, record.values, record.errors, record.head)
-        return {"view": view, "record": record, "graph": graph, "thread": view.thread,
-                "result": await store.result_at(view.thread, record.head),
-                "running": view.thread in store.running}
+        result = await agent.result(view.thread)  # status `running` while any process runs the thread
+        return {"view": view, "record": record, "graph": graph, "thread": view.thread, "result": result,
+                "running": view.thread in store.running or result.status == "running"}
 
     async def thread_page(request: Request) -> Response:
         context = await thread_context(request)
@@ -193,7 +193,8 @@ def create_app(agent: AsyncAgent, *, write: bool = False, token: str | None = No
                                                                    views.usage_of(parent_values)),
                 "call": await store.model_call(record, row), "error": record.errors.get(row.checkpoint_id),
                 "branch": views.branch_spend(split_lines(record.rows), record.values, row.checkpoint_id),
-                "can_resume": row.head and view.result.status != "done" and thread not in store.running,
+                "can_resume": row.head and view.result.status != "done" and thread not in store.running
+                and (await agent.result(thread)).status != "running",
                 "record": record, "thread": thread}
 
     async def checkpoint_fragment(request: Request) -> Response:

@@ -146,20 +146,25 @@ class Store:
         # leaves=1 stands in until a row is shown: counting branches costs a query per thread (`_shown`).
         return [ThreadRow(r[0], int(r[1]), r[2], 1) for r in rows]
 
-    async def _summary(self, row) -> ThreadSummary:
+    async def _held(self, threads: list[str]) -> set[str]:
+        """Threads a run holds right now, in this process or any other (the API's run locks)."""
+        return set(await self.agent._running(threads)) | (self.running & set(threads))
+
+    async def _summary(self, row, held: set[str]) -> ThreadSummary:
         """A thread's row from its head alone (branches are counted only for rows shown: `_shown`)."""
+        running = row.thread_id in held
         cached = self._heads.get(row.thread_id)
-        if cached and cached[0] == row.head and row.thread_id not in self.running:
+        if cached and cached[0] == row.head and not running:
             return cached[1]
         snapshot = await self._reader().aget_state(self._config(row.thread_id))
-        info: ThreadInfo = self.agent._core.thread_info(row, snapshot)
+        info: ThreadInfo = self.agent._core.thread_info(row, snapshot, running)
         values = snapshot.values or {}
         fields = {k: v for k, v in info.to_dict().items() if k in ThreadSummary.__dataclass_fields__}
         fields["steps"] = f"{len(values.get('results') or [])}/{len(values.get('plan') or [])}"
-        if row.thread_id in self.running:
+        if running:
             fields["status"] = "running"
         summary = ThreadSummary(**fields)
-        if row.thread_id not in self.running:
+        if not running:
             self._heads[row.thread_id] = (row.head, summary)
         return summary
 
@@ -180,9 +185,11 @@ class Store:
             pages = max(1, -(-len(rows) // PAGE_SIZE))
             page = min(max(page, 1), pages)
             chosen = rows[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
-            shown = [await self._shown(await self._summary(r)) for r in chosen]
+            held = await self._held([r.thread_id for r in chosen])
+            shown = [await self._shown(await self._summary(r, held)) for r in chosen]
             return ThreadPage(shown, len(rows), len(rows), len(rows), page, pages)
         needle = query.lower()
+        held = await self._held([r.thread_id for r in rows])
         matches, scanned, deadline = [], 0, time.monotonic() + SCAN_BUDGET_S
         for row in rows:
             id_match = bool(needle) and needle in row.thread_id.lower()
@@ -193,7 +200,7 @@ class Store:
             known = self._heads.get(row.thread_id)
             if not (known and known[0] == row.head) and time.monotonic() > deadline:
                 break
-            summary = await self._summary(row)
+            summary = await self._summary(row, held)
             scanned += 1
             if status and summary.status != status:
                 continue
@@ -202,7 +209,8 @@ class Store:
             matches.append(row)
         pages = max(1, -(-len(matches) // PAGE_SIZE))
         page = min(max(page, 1), pages)
-        shown = [await self._shown(await self._summary(r)) for r in matches[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]]
+        shown = [await self._shown(await self._summary(r, held))
+                 for r in matches[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]]
         return ThreadPage(shown, len(matches), scanned, len(rows), page, pages)
 
     async def thread_ids(self, limit: int = 200) -> list[str]:
