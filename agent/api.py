@@ -271,7 +271,7 @@ class _Core:
                 f"thread '{thread}' already holds the question \"{stored}\": use a new thread id, "
                 "or --new to start a new run on this thread"
             )
-        return ("stored", None) if not snapshot.next else ("resume", None)
+        return ("resume", None) if unfinished(snapshot) else ("stored", None)
 
     def result(self, thread: str, snapshot, error: str | None = None, from_store: bool = False,
                running: bool = False) -> RunResult:
@@ -282,7 +282,7 @@ class _Core:
         paused = next((i.value for i in getattr(snapshot, "interrupts", ()) if isinstance(i.value, dict)
                        and i.value.get("reason") == "budget_exceeded"), None)
         status: Status
-        if running and snapshot.next:
+        if running and unfinished(snapshot):
             status = "running"
         elif error:
             status = "failed"
@@ -291,7 +291,7 @@ class _Core:
             error = (f"budget exceeded: ${paused['spent_usd']:.6f} spent of ${paused['budget_usd']:.6f}; the next "
                      f"call needs about ${paused['next_call_usd']:.6f}. Resume with a larger --budget")
         else:
-            status = "interrupted" if snapshot.next else "done"
+            status = "interrupted" if unfinished(snapshot) else "done"
         usage = values.get("usage") or {}
         return RunResult(
             thread_id=thread,
@@ -353,7 +353,7 @@ class _Core:
 
     @staticmethod
     def replayable(thread: str, snapshot) -> None:
-        if not snapshot.next:
+        if not unfinished(snapshot):
             checkpoint = snapshot.config["configurable"]["checkpoint_id"]
             raise BadInput(
                 f"checkpoint {checkpoint[:13]} of thread '{thread}' ends its run: nothing runs after it; "
@@ -385,6 +385,13 @@ class _Core:
         if rows:
             raise ThreadExists(f"thread '{target}' already exists: choose another name for the branch")
         return target
+
+
+def unfinished(snapshot) -> bool:
+    """Whether a run stands part-way at this checkpoint. `next` alone does not tell: a step that finished
+    just before a crash has its writes stored but no checkpoint after it, and LangGraph then leaves it out of
+    `next` while still listing it in `tasks`. Resuming applies those writes and goes on."""
+    return bool(snapshot.next or snapshot.tasks)
 
 
 def _parent_id(snapshot) -> str | None:
@@ -573,7 +580,7 @@ class Agent:
         thread = _clean_thread(thread)
         with self._hold(thread):
             snapshot = self._core.existing(thread, self._snapshot(thread))
-            if not snapshot.next:
+            if not unfinished(snapshot):
                 return self._core.result(thread, snapshot, from_store=True)
             return self._run(self._core.run_config(thread, snapshot, "resume"), None, snapshot, on_event,
                              resuming=True)
@@ -601,7 +608,7 @@ class Agent:
             update, node, metadata = self._core.edit(snapshot, values, as_node)
             config = self._core.run_config(thread, snapshot, "fork", _checkpoint_id(snapshot), metadata=metadata)
             edited = self._snapshot(thread, _checkpoint_id_of(self._core.reader().update_state(config, update, node)))
-            if not run or not edited.next:
+            if not run or not unfinished(edited):
                 return self._core.result(thread, edited)
             config = self._core.run_config(thread, snapshot, "fork", _checkpoint_id(edited), fresh=fresh)
             return self._run(config, None, edited, on_event, resuming=True)
@@ -752,7 +759,7 @@ class AsyncAgent:
         thread = _clean_thread(thread)
         async with self._hold(thread):
             snapshot = self._core.existing(thread, await self._snapshot(thread))
-            if not snapshot.next:
+            if not unfinished(snapshot):
                 return self._core.result(thread, snapshot, from_store=True)
             return await self._run(self._core.run_config(thread, snapshot, "resume"), None, snapshot, on_event,
                                    resuming=True)
@@ -773,7 +780,7 @@ class AsyncAgent:
             config = self._core.run_config(thread, snapshot, "fork", _checkpoint_id(snapshot), metadata=metadata)
             stored = await self._core.reader().aupdate_state(config, update, node)
             edited = await self._snapshot(thread, _checkpoint_id_of(stored))
-            if not run or not edited.next:
+            if not run or not unfinished(edited):
                 return self._core.result(thread, edited)
             config = self._core.run_config(thread, snapshot, "fork", _checkpoint_id(edited), fresh=fresh)
             return await self._run(config, None, edited, on_event, resuming=True)

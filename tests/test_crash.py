@@ -62,3 +62,24 @@ def test_ctrl_c_says_where_it_stopped_exits_130_and_resumes(cli, llm, db_url):
     assert "1 of 2 steps already done" in result.stdout
     assert "Answer: 395" in result.stdout
     assert len(llm.bodies()) == CALLS + 1
+
+
+def test_a_step_killed_between_its_writes_and_its_checkpoint_is_resumed_not_taken_as_done(db_url):
+    """LangGraph stores a finished step's writes, then the next checkpoint; a kill in between leaves `next`
+    empty while the step is still pending. The thread must read as interrupted and resume to its answer."""
+    from agent import Agent
+
+    with Agent(db=db_url) as agent:
+        agent.reason("What is 2*3+1?", thread="whole")
+        after_analyze = agent.history("whole")[2]
+        agent.branch("whole", after_analyze.checkpoint_id, "cut")
+        saver = agent._core.saver  # write what the killed process had written: the step's writes only
+        source = saver.get_tuple({"configurable": {"thread_id": "whole", "checkpoint_ns": "",
+                                                   "checkpoint_id": after_analyze.checkpoint_id}})
+        target = {"configurable": {"thread_id": "cut", "checkpoint_ns": "",
+                                   "checkpoint_id": after_analyze.checkpoint_id}}
+        [task_id] = {task for task, _, _ in source.pending_writes}
+        saver.put_writes(target, [(channel, value) for _, channel, value in source.pending_writes], task_id)
+        assert agent.result("cut").status == "interrupted"
+        resumed = agent.reason("What is 2*3+1?", thread="cut")
+        assert (resumed.status, resumed.answer, resumed.from_store) == ("done", "7", False)
