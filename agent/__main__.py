@@ -15,7 +15,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from agent.errors import AgentError
+from agent.errors import AgentError, BadInput
 
 EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
 
@@ -543,6 +543,118 @@ def _with_progress(quiet: bool, work: Callable[[Callable], Any]) -> Any:
                 bar.update(task, total=tally.total, completed=finished, counts=counts)
 
         return work(on_change)
+
+
+@app.command()
+def delete(
+    thread: Thread,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation (for scripts).")] = False,
+    db: Db = None,
+    as_json: Json = False,
+    debug: Debug = False,
+) -> None:
+    """Delete a thread for good: its checkpoints, writes, cached replies and lock. Asks first on a terminal."""
+
+    def body(agent) -> None:
+        info = agent.result(thread)  # unknown thread: an error before any question is asked
+        if not yes:
+            if not sys.stdin.isatty():
+                raise BadInput("delete needs --yes when not run from a terminal")
+            if not typer.confirm(f"Delete thread {thread} ({len(agent.history(thread))} checkpoints, "
+                                 f"question \"{info.question}\")? This cannot be undone"):
+                raise typer.Exit(1)
+        agent.delete(thread)
+        if as_json:
+            _print_json({"deleted": thread})
+        else:
+            _console().print(f"Deleted thread {escape_markup(thread)}.")
+
+    _read(db, debug, body)
+
+
+@app.command("export")
+def export_command(
+    threads_: Annotated[Optional[list[str]], typer.Option(
+        "--thread", "-t", help="A thread to export (repeatable) [default: every thread]", show_default=False)] = None,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="File to write [default: standard output]", show_default=False)] = None,
+    db: Db = None,
+    debug: Debug = False,
+) -> None:
+    """Export threads as versioned JSON Lines (checkpoints, metadata, pending writes), streamed.
+
+    The file is written whole or not at all; `import` loads it into any database.
+    """
+
+    def body(agent) -> None:
+        from agent.lifecycle import output_file
+
+        with output_file(output, sys.stdout) as out:
+            report = agent.export(out, threads_)
+        if output is not None:
+            _console(stderr=True).print(f"Exported {len(report.threads)} threads, {report.checkpoints} checkpoints "
+                                        f"and {report.writes} writes to {output}.", markup=False)
+
+    _read(db, debug, body)
+
+
+@app.command("import")
+def import_command(
+    file: Annotated[Path, typer.Argument(help="An export file (from `export`).", show_default=False)],
+    rename: Annotated[Optional[list[str]], typer.Option(
+        "--rename", help="OLD=NEW: import thread OLD as NEW (repeatable).", show_default=False)] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace threads that already exist.")] = False,
+    db: Db = None,
+    as_json: Json = False,
+    debug: Debug = False,
+) -> None:
+    """Load an export file: checked whole before anything is written; all or nothing."""
+
+    def body() -> int:
+        from agent.lifecycle import parse_renames
+
+        renames = parse_renames(rename or [])
+        with _open_agent({"db": db}) as agent:
+            report = agent.import_file(file, renames=renames, overwrite=overwrite)
+        if as_json:
+            _print_json(report.to_dict())
+        else:
+            _console().print(f"Imported {len(report.threads)} threads ({', '.join(report.threads)}), "
+                             f"{report.checkpoints} checkpoints, {report.writes} writes"
+                             + (f"; replaced {', '.join(report.replaced)}" if report.replaced else "") + ".",
+                             markup=False)
+        return 0
+
+    _guard(debug, body)
+
+
+@app.command()
+def migrate(
+    source: Annotated[str, typer.Option("--from", help="Storage URL to copy from.", show_default=False)],
+    target: Annotated[str, typer.Option("--to", help="Storage URL to copy into.", show_default=False)],
+    threads_: Annotated[Optional[list[str]], typer.Option(
+        "--thread", "-t", help="A thread to copy (repeatable) [default: every thread]", show_default=False)] = None,
+    as_json: Json = False,
+    debug: Debug = False,
+) -> None:
+    """Copy threads from one database to another (e.g. SQLite to Postgres), with a progress bar."""
+
+    def body() -> int:
+        from rich.progress import Progress
+
+        with _open_agent({"db": source}, create=False) as origin, _open_agent({"db": target}) as destination:
+            total = sum(t.checkpoints for t in origin.threads() if not threads_ or t.thread_id in threads_)
+            with Progress(console=_console(stderr=True), disable=as_json) as bar:
+                task = bar.add_task("migrate", total=total)
+                report = origin.migrate_to(destination, threads_, lambda: bar.advance(task))
+        if as_json:
+            _print_json(report.to_dict())
+        else:
+            _console().print(f"Copied {len(report.threads)} threads, {report.checkpoints} checkpoints and "
+                             f"{report.writes} writes.", markup=False)
+        return 0
+
+    _guard(debug, body)
 
 
 def escape_markup(text: str) -> str:

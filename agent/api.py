@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
-from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, ExitStack, asynccontextmanager, contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -21,6 +21,7 @@ from agent.history import (
     CheckpointInfo, Diff, ThreadInfo, build_history, checkpoint_info, diff_values, parse_assignment, set_path,
     shortest_unique,
 )
+from agent.lifecycle import TransferReport, export_threads, import_file, migrate
 from agent.models import check_spec, make_model, model_identity
 
 Status = Literal["done", "interrupted", "failed", "budget_exceeded", "running"]
@@ -612,6 +613,43 @@ class Agent:
                 return self._core.result(thread, edited)
             config = self._core.run_config(thread, snapshot, "fork", _checkpoint_id(edited), fresh=fresh)
             return self._run(config, None, edited, on_event, resuming=True)
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+
+    def _exists(self, thread: str) -> bool:
+        return self._core.exists(self._snapshot(thread))
+
+    def _erase(self, thread: str) -> None:
+        self._core.saver.delete_thread(thread)
+        cache = getattr(self._core.saver, "response_cache", None)
+        if cache is not None:
+            cache.forget(thread)
+
+    def delete(self, thread: str) -> None:
+        """Remove a thread: its checkpoints, writes, the replies it paid for in the cache, and its lock."""
+        thread = _clean_thread(thread)
+        with self._hold(thread):
+            self._core.existing(thread, self._snapshot(thread))
+            self._erase(thread)
+
+    def export(self, out, threads: list[str] | None = None) -> TransferReport:
+        """Write threads (default: all) to `out` in the versioned JSON Lines export format, streamed."""
+        from savers.catalog import list_threads
+
+        known = [row.thread_id for row in list_threads(self._core.saver)]
+        return export_threads(self._core.saver, threads or known, out, set(known))
+
+    def import_file(self, path, *, renames: dict[str, str] | None = None, overwrite: bool = False) -> TransferReport:
+        """Load an export file; all or nothing. Existing thread ids are an error unless renamed or `overwrite`."""
+        return import_file(self._core.saver, Path(path), renames or {}, overwrite, self._exists, self._erase)
+
+    def migrate_to(self, target: Agent, threads: list[str] | None = None,
+                   on_checkpoint: Callable[[], None] = lambda: None) -> TransferReport:
+        """Copy threads (default: all) into another database, e.g. SQLite to Postgres."""
+        from savers.catalog import list_threads
+
+        names = threads or [row.thread_id for row in list_threads(self._core.saver)]
+        return migrate(self._core.saver, target._core.saver, names, target._exists, target._erase, on_checkpoint)
 
     def branch(self, thread: str, checkpoint: str, to: str) -> ThreadInfo:
         """A new thread `to` whose history is `thread`'s lineage up to `checkpoint`; `thread` is untouched."""

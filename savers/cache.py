@@ -11,6 +11,7 @@ import threading
 from typing import Any
 
 _GET = "SELECT value FROM agent_llm_cache WHERE key = {p}"
+_FORGET = "DELETE FROM agent_llm_cache WHERE thread_id = {p}"
 # The first reply stored for a request is kept: replays must see what the original run saw.
 _PUT = ("INSERT INTO agent_llm_cache (key, model, thread_id, value) VALUES ({p}, {p}, {p}, {p}) "
         "ON CONFLICT (key) DO NOTHING")
@@ -32,6 +33,7 @@ class MemoryCache:
 
     def __init__(self) -> None:
         self._values: dict[str, dict] = {}
+        self._owners: dict[str, str | None] = {}
         self._lock = threading.Lock()
 
     def get(self, key: str) -> dict | None:
@@ -40,7 +42,15 @@ class MemoryCache:
 
     def put(self, key: str, model: str, thread_id: str | None, value: dict) -> None:
         with self._lock:
-            self._values.setdefault(key, value)
+            if key not in self._values:
+                self._values[key] = value
+                self._owners[key] = thread_id
+
+    def forget(self, thread_id: str) -> None:
+        """Drop the replies the thread paid for (when the thread is deleted)."""
+        with self._lock:
+            for key in [k for k, owner in self._owners.items() if owner == thread_id]:
+                del self._values[key], self._owners[key]
 
     async def aget(self, key: str) -> dict | None:
         return self.get(key)
@@ -62,6 +72,11 @@ class SqliteCache:
     def put(self, key: str, model: str, thread_id: str | None, value: dict) -> None:
         with self.lock:
             self.conn.execute(_PUT.format(p="?"), _params(key, model, thread_id, value))
+            self.conn.commit()
+
+    def forget(self, thread_id: str) -> None:
+        with self.lock:
+            self.conn.execute(_FORGET.format(p="?"), (thread_id,))
             self.conn.commit()
 
 
@@ -93,6 +108,10 @@ class PostgresCache:
     def put(self, key: str, model: str, thread_id: str | None, value: dict) -> None:
         with self.pool.connection() as conn:
             conn.execute(_PUT.format(p="%s"), _params(key, model, thread_id, value))
+
+    def forget(self, thread_id: str) -> None:
+        with self.pool.connection() as conn:
+            conn.execute(_FORGET.format(p="%s"), (thread_id,))
 
 
 class AsyncPostgresCache:

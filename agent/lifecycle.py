@@ -1,0 +1,175 @@
+"""Backing up, moving and removing threads: export, import, migrate, delete.
+
+Imports are all or nothing: the whole file is read and checked before anything is written, and a write that
+fails part-way is undone. Overwriting a thread goes through a staging copy, so the old one is never lost.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from agent.errors import BadInput, StorageError, ThreadExists, ThreadNotFound
+
+
+@dataclass(frozen=True)
+class TransferReport:
+    """What an export, import or migrate moved."""
+
+    threads: list[str] = field(default_factory=list)
+    checkpoints: int = 0
+    writes: int = 0
+    renamed: dict[str, str] = field(default_factory=dict)
+    replaced: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def capped_lines(f: IO[bytes], cap: int) -> Iterator[bytes]:
+    """Lines of a binary file, none read past `cap` bytes (a longer one comes back over-long, to be refused)."""
+    while True:
+        line = f.readline(cap + 1)
+        if not line:
+            return
+        yield line
+        if len(line) > cap and not line.endswith(b"\n"):
+            return
+
+
+def parse_renames(pairs: list[str]) -> dict[str, str]:
+    renames: dict[str, str] = {}
+    for pair in pairs:
+        old, sep, new = pair.partition("=")
+        if not sep or not old.strip() or not new.strip():
+            raise BadInput(f"--rename '{pair}' is not OLD=NEW (e.g. --rename t1=t1-restored)")
+        renames[old.strip()] = new.strip()
+    return renames
+
+
+@contextmanager
+def output_file(path: Path | None, stdout: IO[str]) -> Iterator[IO[str]]:
+    """Where an export goes: a file written whole or not at all (temp file, then rename), or stdout."""
+    if path is None:
+        yield stdout
+        return
+    directory = path.resolve().parent
+    if not directory.is_dir():
+        raise BadInput(f"cannot write {path}: directory {directory} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def export_threads(saver, threads: list[str], out: IO[str], known: set[str]) -> TransferReport:
+    from savers.transfer import export_records, write_export
+
+    missing = [t for t in threads if t not in known]
+    if missing:
+        raise ThreadNotFound(f"no thread {', '.join(repr(t) for t in missing)} in this database (see `threads`)")
+    end = write_export(export_records(saver, threads), out)
+    return TransferReport(threads=end["threads"], checkpoints=end["checkpoints"], writes=end["writes"])
+
+
+def _scan(path: Path) -> tuple[set[str], int, int]:
+    """First pass over a file: check every line, and find which threads it holds."""
+    from savers.transfer import MAX_LINE_BYTES, Checkpoint, ImportError_, read_export
+
+    threads, checkpoints, writes = set(), 0, 0
+    try:
+        with path.open("rb") as f:
+            for record in read_export(capped_lines(f, MAX_LINE_BYTES)):
+                if isinstance(record, Checkpoint):
+                    threads.add(record.thread_id)
+                    checkpoints += 1
+                elif not isinstance(record, dict):
+                    writes += len(record.writes)
+    except ImportError_ as exc:
+        raise BadInput(f"{path.name}: {exc}") from None
+    except OSError as exc:
+        raise BadInput(f"cannot read {path}: {exc.strerror}") from None
+    return threads, checkpoints, writes
+
+
+def _write(saver, path: Path, names: dict[str, str]) -> None:
+    """Second pass: write the records of the threads in `names`, each under its name there."""
+    from savers.transfer import MAX_LINE_BYTES, put_record, read_export
+
+    with path.open("rb") as f:
+        for record in read_export(capped_lines(f, MAX_LINE_BYTES)):
+            if not isinstance(record, dict) and record.thread_id in names:
+                put_record(saver, record, names.__getitem__)
+
+
+def import_file(saver, path: Path, renames: dict[str, str], overwrite: bool,
+                exists: Callable[[str], bool], delete: Callable[[str], None]) -> TransferReport:
+    threads, checkpoints, writes = _scan(path)
+    unknown = sorted(set(renames) - threads)
+    if unknown:
+        raise BadInput(f"--rename names {', '.join(unknown)}, which {path.name} does not hold "
+                       f"(it holds {', '.join(sorted(threads))})")
+    targets = {t: renames.get(t, t) for t in threads}
+    taken = sorted(t for t in targets.values() if exists(t))
+    if taken and not overwrite:
+        raise ThreadExists(f"thread {', '.join(repr(t) for t in taken)} already exists: import with "
+                           "--rename OLD=NEW, or --overwrite to replace it")
+    # A thread to replace is first imported beside it; only a complete copy takes its place.
+    staging = {t: (f"{target}~import-{uuid.uuid4().hex[:8]}" if target in taken else target)
+               for t, target in targets.items()}
+    try:
+        _write(saver, path, staging)
+    except Exception as exc:
+        for name in staging.values():
+            delete(name)
+        raise StorageError(f"import of {path.name} failed while writing ({type(exc).__name__}: {exc}); "
+                           "what was written is removed, nothing changed") from None
+    for source, target in targets.items():
+        if staging[source] != target:
+            delete(target)
+            _write(saver, path, {source: target})  # should this fail, the staging copy stays, whole
+            delete(staging[source])
+    return TransferReport(threads=sorted(targets.values()), checkpoints=checkpoints, writes=writes,
+                          renamed={k: v for k, v in renames.items()}, replaced=taken)
+
+
+def migrate(source, target, threads: list[str], exists: Callable[[str], bool], delete: Callable[[str], None],
+            on_checkpoint: Callable[[], None] = lambda: None) -> TransferReport:
+    """Copy threads from one database to another, streamed, checked as an import is; all or nothing."""
+    import json
+
+    from savers.transfer import Checkpoint, ImportError_, export_records, put_record, read_export
+
+    taken = sorted(t for t in threads if exists(t))
+    if taken:
+        raise ThreadExists(f"thread {', '.join(repr(t) for t in taken)} already exists in the target database; "
+                           "delete it there first, or export and import with --rename")
+    checkpoints = writes = 0
+    try:
+        lines = (json.dumps(record) for record in export_records(source, threads))
+        for record in read_export(lines):
+            if isinstance(record, dict):
+                continue
+            put_record(target, record, str)
+            if isinstance(record, Checkpoint):
+                checkpoints += 1
+                on_checkpoint()
+            else:
+                writes += len(record.writes)
+    except (ImportError_, Exception) as exc:
+        for thread in threads:
+            delete(thread)
+        raise StorageError(f"migration failed ({type(exc).__name__}: {exc}); the target is as it was") from None
+    return TransferReport(threads=list(threads), checkpoints=checkpoints, writes=writes)

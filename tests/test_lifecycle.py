@@ -1,0 +1,199 @@
+"""Backing up, moving and removing threads: export/import round trips across backends, hostile files that
+change nothing, migrate, delete."""
+
+import dataclasses
+import io
+import json
+
+import pytest
+
+from agent import Agent, BadInput, ThreadExists
+
+QUESTION = "What is 2*3+4*5-6?"
+
+
+def seed(agent: Agent) -> None:
+    """Two threads with branches, an edit that has not run yet, and a paused (interrupted) branch."""
+    agent.reason(QUESTION, thread="t1")
+    rows = agent.history("t1")
+    agent.replay("t1", rows[2].checkpoint_id)
+    agent.fork("t1", rows[3].checkpoint_id, {"plan.2": "Multiply 5 by 4"})
+    agent.reason("What is 6*7?", thread="t2")
+    agent.fork("t2", agent.history("t2")[-1].checkpoint_id, {"question": "What is 6*8?"}, run=False)
+
+
+def record(agent: Agent, thread: str) -> list[tuple]:
+    """Everything a user can see of a thread, checkpoint by checkpoint."""
+    rows = []
+    for row in agent.history(thread):
+        view = agent.state(thread, row.checkpoint_id)
+        rows.append((row.checkpoint_id, row.parent_checkpoint_id, row.step, row.node, row.source, tuple(row.next),
+                     row.summary, row.edit, json.dumps(view.values, sort_keys=True), view.result.status))
+    return rows
+
+
+def move(source: Agent, target: Agent, path) -> None:
+    with path.open("w") as f:
+        source.export(f)
+    target.import_file(path)
+
+
+def test_round_trip_sqlite_postgres_sqlite_is_lossless(tmp_path, request):
+    from conftest import fresh_db_url
+
+    second = fresh_db_url("postgres", request, tmp_path)
+    first, third = f"sqlite:///{tmp_path / 'first.db'}", f"sqlite:///{tmp_path / 'third.db'}"
+    with Agent(db=first) as a, Agent(db=second) as b, Agent(db=third) as c:
+        seed(a)
+        move(a, b, tmp_path / "from-sqlite.jsonl")
+        move(b, c, tmp_path / "from-postgres.jsonl")
+        for thread in ("t1", "t2"):
+            original = record(a, thread)
+            assert record(b, thread) == original
+            assert record(c, thread) == original
+        assert c.result("t2").status == "interrupted"
+        assert c.resume("t2").answer == "48"  # the imported edit runs on exactly as the original would
+        assert a.resume("t2").answer == "48"
+
+
+def test_migrate_on_the_command_line(cli, db_url, tmp_path):
+    source = f"sqlite:///{tmp_path / 'source.db'}"
+    with Agent(db=source) as agent:
+        seed(agent)
+        expected = {t: record(agent, t) for t in ("t1", "t2")}
+    result = cli("migrate", "--from", source, "--to", db_url, "--json")
+    assert result.returncode == 0, result.stderr
+    assert sorted(json.loads(result.stdout)["threads"]) == ["t1", "t2"]
+    with Agent(db=db_url) as agent:
+        assert {t: record(agent, t) for t in ("t1", "t2")} == expected
+    again = cli("migrate", "--from", source, "--to", db_url)
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_import_refuses_existing_threads_unless_renamed_or_overwritten(db_url, tmp_path):
+    path = tmp_path / "export.jsonl"
+    with Agent(db=db_url) as agent:
+        seed(agent)
+        with path.open("w") as f:
+            agent.export(f, ["t2"])
+        with pytest.raises(ThreadExists, match="--rename OLD=NEW, or --overwrite"):
+            agent.import_file(path)
+        report = agent.import_file(path, renames={"t2": "t2-copy"})
+        assert report.threads == ["t2-copy"] and agent.result("t2-copy").question == "What is 6*8?"
+        agent.resume("t2")  # the original moves on; overwriting puts the exported state back
+        assert agent.result("t2").status == "done"
+        assert agent.import_file(path, overwrite=True).replaced == ["t2"]
+        assert agent.result("t2").status == "interrupted"
+        assert sorted(t.thread_id for t in agent.threads()) == ["t1", "t2", "t2-copy"]  # no staging left
+
+
+@dataclasses.dataclass
+class Evil:
+    """A type an attacker names in a crafted export: building it would run code."""
+
+    payload: str = "rm -rf /"
+
+    def __post_init__(self):
+        Evil.built += 1
+
+
+Evil.built = 0
+
+
+def hostile_files(good: list[str]) -> dict[str, tuple[list[str], str]]:
+    header, first, *rest = good
+    checkpoint = json.loads(first)
+    pickled = dict(checkpoint, checkpoint=["pickle", checkpoint["checkpoint"][1]])
+    not_b64 = dict(checkpoint, checkpoint=["msgpack", "!!!"])
+    from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+
+    import base64
+
+    kind, data = JsonPlusSerializer(allowed_msgpack_modules=True).dumps_typed(
+        {"id": checkpoint["checkpoint_id"], "channel_values": {"x": Evil()}})
+    crafted = dict(checkpoint, checkpoint=[kind, base64.b64encode(data).decode()])
+    kind, data = JsonPlusSerializer().dumps_typed({"id": checkpoint["checkpoint_id"], "channel_values": {}})
+    malformed = dict(checkpoint, checkpoint=[kind, base64.b64encode(data).decode()])
+    real = JsonPlusSerializer().loads_typed(("msgpack", base64.b64decode(checkpoint["checkpoint"][1])))
+    real["channel_values"]["question"] = Evil()
+    kind, data = JsonPlusSerializer(allowed_msgpack_modules=True).dumps_typed(real)
+    crafted_full = dict(checkpoint, checkpoint=[kind, base64.b64encode(data).decode()])
+    return {
+        "bad json": ([header, first, "{not json", *rest], "line 3: not valid JSON"),
+        "pickle": ([header, json.dumps(pickled), *rest], "line 2: checkpoint has type 'pickle'"),
+        "not base64": ([header, json.dumps(not_b64), *rest], "line 2: checkpoint is not valid base64"),
+        "cut short": ([header, first, *rest[:-1]], "ends before its end record"),
+        "other format": (['{"format": "something-else"}', first], "line 1: not an agent-export file"),
+        "crafted type": ([header, json.dumps(crafted), *rest], "line 2: checkpoint names types that are never "
+                                                               "loaded .*Evil"),
+        "malformed": ([header, json.dumps(malformed), *rest], "line 2: the checkpoint has no channel_versions"),
+        "crafted value": ([header, json.dumps(crafted_full), *rest], "line 2: checkpoint names types that are "
+                                                                       "never loaded .*Evil"),
+        "unknown record": ([header, first, '{"type": "exec", "code": "rm -rf /"}', *rest], "unknown record type"),
+        "wrong counts": ([header, first, rest[-1]], "the end record counts"),
+    }
+
+
+@pytest.mark.parametrize("case", ["bad json", "pickle", "not base64", "cut short", "other format", "crafted type",
+                                  "crafted value", "malformed", "unknown record", "wrong counts"])
+def test_a_corrupted_or_hostile_file_changes_nothing(db_url, tmp_path, case):
+    with Agent(db=db_url) as agent:
+        seed(agent)
+        buffer = io.StringIO()
+        agent.export(buffer, ["t2"])
+        agent.delete("t2")
+        before = [(t.thread_id, t.checkpoints) for t in agent.threads()]
+        lines, message = hostile_files(buffer.getvalue().splitlines())[case]
+        path = tmp_path / "hostile.jsonl"
+        path.write_text("\n".join(lines) + "\n")
+        Evil.built = 0
+        with pytest.raises(BadInput, match=message):
+            agent.import_file(path)
+        assert Evil.built == 0
+        assert [(t.thread_id, t.checkpoints) for t in agent.threads()] == before
+
+
+def test_an_over_long_line_is_refused_before_it_is_read_whole(tmp_path, monkeypatch):
+    import savers.transfer
+
+    monkeypatch.setattr(savers.transfer, "MAX_LINE_BYTES", 1000)
+    path = tmp_path / "long.jsonl"
+    path.write_text('{"format": "agent-export", "version": 1}\n' + '{"type": "checkpoint", "x": "' + "a" * 5000 + '"}\n')
+    with Agent(db="memory://") as agent, pytest.raises(BadInput, match="line 2: longer than"):
+        agent.import_file(path)
+
+
+def test_delete_removes_the_thread_its_writes_and_its_cached_replies(db_url):
+    with Agent(db=db_url) as agent:
+        seed(agent)
+        agent.delete("t2")
+        assert [t.thread_id for t in agent.threads()] == ["t1"]
+        saver = agent._core.saver
+        assert list(saver.list({"configurable": {"thread_id": "t2"}})) == []
+        with pytest.raises(Exception, match="no thread 't2'"):
+            agent.delete("t2")
+        # t1 still answers from the cache what it paid for; t2's own replies are gone
+        assert agent.replay("t1", agent.history("t1")[2].checkpoint_id).usage.cached_calls > 0
+        again = agent.reason("What is 6*7?", thread="t2")
+        assert again.usage.llm_calls == 3 and again.usage.cached_calls == 0
+
+
+def test_delete_asks_on_a_terminal_and_needs_yes_in_scripts(cli):
+    assert cli("reason", "What is 1+1?", "--thread", "t1").returncode == 0
+    refused = cli("delete", "--thread", "t1")
+    assert refused.returncode == 2 and "--yes" in refused.stderr
+    assert cli("delete", "--thread", "t1", "--yes").returncode == 0
+    assert json.loads(cli("threads", "--json").stdout) == []
+
+
+def test_export_and_import_on_the_command_line(cli, tmp_path):
+    assert cli("reason", QUESTION, "--thread", "t1").returncode == 0
+    exported = cli("export", "-o", "backup.jsonl")
+    assert exported.returncode == 0 and (tmp_path / "backup.jsonl").is_file()
+    imported = cli("import", "backup.jsonl", "--db", "sqlite:///copy.db", "--json")
+    assert imported.returncode == 0 and json.loads(imported.stdout)["threads"] == ["t1"]
+    again = cli("import", "backup.jsonl", "--db", "sqlite:///copy.db")
+    assert again.returncode == 2 and "already exists" in again.stderr
+    renamed = cli("import", "backup.jsonl", "--db", "sqlite:///copy.db", "--rename", "t1=t9", "--json")
+    assert json.loads(renamed.stdout)["threads"] == ["t9"]
+    assert cli("import", "backup.jsonl", "--rename", "nope").returncode == 2
