@@ -5,6 +5,7 @@ Every CLI command calls these; results are typed objects, never bare dicts.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from pathlib import Path
@@ -822,6 +823,49 @@ class AsyncAgent:
                 return self._core.result(thread, edited)
             config = self._core.run_config(thread, snapshot, "fork", _checkpoint_id(edited), fresh=fresh)
             return await self._run(config, None, edited, on_event, resuming=True)
+
+    # -- lifecycle: the transfer code is synchronous; it runs in a worker thread, through the async saver's
+    # own synchronous wrappers, while this event loop keeps serving them.
+
+    async def _exists(self, thread: str) -> bool:
+        return self._core.exists(await self._snapshot(thread))
+
+    async def _erase(self, thread: str) -> None:
+        await self._core.saver.adelete_thread(thread)
+        cache = getattr(self._core.saver, "response_cache", None)
+        if cache is not None:
+            await cache.aforget(thread)
+
+    def _blocking(self, coroutine_function):
+        """A synchronous stand-in for an async method, for code running in a worker thread."""
+        loop = asyncio.get_running_loop()
+        return lambda *args: asyncio.run_coroutine_threadsafe(coroutine_function(*args), loop).result()
+
+    async def _known(self) -> list[str]:
+        from savers.catalog import alist_threads
+
+        return [row.thread_id for row in await alist_threads(self._core.saver)]
+
+    async def delete(self, thread: str) -> None:
+        thread = _clean_thread(thread)
+        async with self._hold(thread):
+            self._core.existing(thread, await self._snapshot(thread))
+            await self._erase(thread)
+
+    async def export(self, out, threads: list[str] | None = None) -> TransferReport:
+        known = await self._known()
+        return await asyncio.to_thread(export_threads, self._core.saver, threads or known, out, set(known))
+
+    async def import_file(self, path, *, renames: dict[str, str] | None = None,
+                          overwrite: bool = False) -> TransferReport:
+        return await asyncio.to_thread(import_file, self._core.saver, Path(path), renames or {}, overwrite,
+                                       self._blocking(self._exists), self._blocking(self._erase))
+
+    async def migrate_to(self, target: AsyncAgent, threads: list[str] | None = None,
+                         on_checkpoint: Callable[[], None] = lambda: None) -> TransferReport:
+        names = threads or await self._known()
+        return await asyncio.to_thread(migrate, self._core.saver, target._core.saver, names,
+                                       self._blocking(target._exists), self._blocking(target._erase), on_checkpoint)
 
     async def branch(self, thread: str, checkpoint: str, to: str) -> ThreadInfo:
         from savers.catalog import alist_threads

@@ -58,6 +58,9 @@ class MemoryCache:
     async def aput(self, key: str, model: str, thread_id: str | None, value: dict) -> None:
         self.put(key, model, thread_id, value)
 
+    async def aforget(self, thread_id: str) -> None:
+        self.forget(thread_id)
+
 
 class SqliteCache:
     """Shares the saver's connection and lock, so it is as thread-safe as the saver."""
@@ -94,6 +97,11 @@ class AsyncSqliteCache:
             await self.conn.execute(_PUT.format(p="?"), _params(key, model, thread_id, value))
             await self.conn.commit()
 
+    async def aforget(self, thread_id: str) -> None:
+        async with self.lock:
+            await self.conn.execute(_FORGET.format(p="?"), (thread_id,))
+            await self.conn.commit()
+
 
 class PostgresCache:
     """Takes connections from the saver's pool (autocommit)."""
@@ -125,3 +133,7 @@ class AsyncPostgresCache:
     async def aput(self, key: str, model: str, thread_id: str | None, value: dict) -> None:
         async with self.pool.connection() as conn:
             await conn.execute(_PUT.format(p="%s"), _params(key, model, thread_id, value))
+
+    async def aforget(self, thread_id: str) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(_FORGET.format(p="%s"), (thread_id,))

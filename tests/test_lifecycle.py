@@ -197,3 +197,23 @@ def test_export_and_import_on_the_command_line(cli, tmp_path):
     renamed = cli("import", "backup.jsonl", "--db", "sqlite:///copy.db", "--rename", "t1=t9", "--json")
     assert json.loads(renamed.stdout)["threads"] == ["t9"]
     assert cli("import", "backup.jsonl", "--rename", "nope").returncode == 2
+
+
+def test_async_agent_has_the_same_lifecycle(db_url, tmp_path):
+    import asyncio
+
+    from agent import AsyncAgent
+
+    async def main():
+        path = tmp_path / "async.jsonl"
+        async with AsyncAgent(db=db_url) as agent:
+            await agent.reason(QUESTION, thread="a")
+            with path.open("w") as f:
+                await agent.export(f)
+            await agent.import_file(path, renames={"a": "b"})
+            await agent.delete("a")
+            async with AsyncAgent(db=f"sqlite:///{tmp_path / 'other.db'}") as other:
+                await agent.migrate_to(other)
+                return [t.thread_id for t in await agent.threads()], (await other.result("b")).answer
+
+    assert asyncio.run(main()) == (["b"], "20")
