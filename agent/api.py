@@ -443,21 +443,29 @@ def assignments_from(pairs: list[str]) -> dict[str, Any]:
     return dict(parse_assignment(pair) for pair in pairs)
 
 
-class Agent:
+class _Base:
+    """Construction shared by Agent and AsyncAgent: settings from arguments, else config; nothing opened yet."""
+
+    _stack_type: type
+
+    def __init__(self, db: str | None = None, model: str | None = None, *,
+                 settings: Settings | None = None, create: bool = True, **overrides: Any):
+        self._core = _Core(db, model, settings, overrides, create)
+        self._stack = self._stack_type()
+
+    @property
+    def settings(self) -> Settings:
+        return self._core.settings
+
+
+class Agent(_Base):
     """The synchronous API. Use as a context manager; safe to share between threads of a service.
 
     with Agent(db="sqlite:///agent.db", model="offline") as agent:
         result = agent.reason("What is 2+3*4?", thread="t1")
     """
 
-    def __init__(self, db: str | None = None, model: str | None = None, *,
-                 settings: Settings | None = None, create: bool = True, **overrides: Any):
-        self._core = _Core(db, model, settings, overrides, create)
-        self._stack = ExitStack()
-
-    @property
-    def settings(self) -> Settings:
-        return self._core.settings
+    _stack_type = ExitStack
 
     def __enter__(self) -> Agent:
         import savers
@@ -664,21 +672,14 @@ class Agent:
         return self._core.thread_info(list_threads(self._core.saver, target)[0], self._snapshot(target))
 
 
-class AsyncAgent:
+class AsyncAgent(_Base):
     """The asynchronous twin of `Agent`: the same methods, awaited.
 
     async with AsyncAgent(db="postgresql://...", model="offline") as agent:
         result = await agent.reason("What is 2+3*4?", thread="t1")
     """
 
-    def __init__(self, db: str | None = None, model: str | None = None, *,
-                 settings: Settings | None = None, create: bool = True, **overrides: Any):
-        self._core = _Core(db, model, settings, overrides, create)
-        self._stack = AsyncExitStack()
-
-    @property
-    def settings(self) -> Settings:
-        return self._core.settings
+    _stack_type = AsyncExitStack
 
     async def __aenter__(self) -> AsyncAgent:
         import savers
