@@ -657,6 +657,46 @@ def migrate(
     _guard(debug, body)
 
 
+@app.command()
+def prune(
+    thread: Annotated[Optional[str], typer.Option(
+        "--thread", "-t", help="Only this thread [default: every thread]", show_default=False)] = None,
+    keep: Annotated[int, typer.Option("--keep", min=1, help="Checkpoints kept on each branch, newest first, "
+                                                            "counting back from its head.")] = 10,
+    older_than: Annotated[Optional[str], typer.Option(
+        "--older-than", help="Only remove checkpoints older than this (30d, 12h, 90m, 2w).",
+        show_default=False)] = None,
+    keep_completed: Annotated[bool, typer.Option("--keep-completed", help="Leave finished threads whole.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would go and the bytes it frees; "
+                                                            "change nothing.")] = False,
+    db: Db = None,
+    as_json: Json = False,
+    debug: Debug = False,
+) -> None:
+    """Trim old checkpoints by a retention policy; every thread stays resumable and shows its final state.
+
+    After a real prune, SQLite gives the freed space back (incremental vacuum), so the file shrinks.
+    """
+
+    def body(agent) -> None:
+        from agent.lifecycle import RetentionPolicy, parse_age
+
+        policy = RetentionPolicy(keep, parse_age(older_than) if older_than else None, keep_completed)
+        report = agent.prune(policy, thread=thread, dry_run=dry_run)
+        if as_json:
+            _print_json(report.to_dict())
+            return
+        out = _console()
+        verb = "Would remove" if dry_run else "Removed"
+        out.print(f"{verb} {report.checkpoints} checkpoints from {len(report.removed)} threads "
+                  f"(about {report.bytes_freed / 1024:.0f} KiB of checkpoint data).", markup=False)
+        if report.file_bytes_before is not None and not dry_run:
+            out.print(f"Database file: {report.file_bytes_before / 1024:.0f} KiB -> "
+                      f"{report.file_bytes_after / 1024:.0f} KiB.", markup=False)
+
+    _read(db, debug, body)
+
+
 def escape_markup(text: str) -> str:
     return _escape(text)
 

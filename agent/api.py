@@ -22,7 +22,10 @@ from agent.history import (
     CheckpointInfo, Diff, ThreadInfo, build_history, checkpoint_info, diff_values, parse_assignment, set_path,
     shortest_unique,
 )
-from agent.lifecycle import TransferReport, export_threads, import_file, migrate
+from agent.lifecycle import (
+    PruneReport, RetentionPolicy, TransferReport, checkpoints_to_remove, export_threads, import_file, migrate,
+    trim_thread,
+)
 from agent.models import check_spec, make_model, model_identity
 
 Status = Literal["done", "interrupted", "failed", "budget_exceeded", "running"]
@@ -570,6 +573,8 @@ class Agent(_Base):
                 tracker.feed(mode, chunk)
         except Exception as exc:  # the run failed; its checkpoints stand and it can be resumed
             error = _describe_failure(exc)
+        if error is None:
+            self._retain(thread)
         with _unreadable_after(error):
             return self._core.result(thread, graph.get_state(self._core.config(thread)), error)
 
@@ -651,6 +656,55 @@ class Agent(_Base):
     def import_file(self, path, *, renames: dict[str, str] | None = None, overwrite: bool = False) -> TransferReport:
         """Load an export file; all or nothing. Existing thread ids are an error unless renamed or `overwrite`."""
         return import_file(self._core.saver, Path(path), renames or {}, overwrite, self._exists, self._erase)
+
+    def _trim(self, name: str, policy: RetentionPolicy, workdir: Path, dry_run: bool) -> tuple[int, int]:
+        """(checkpoints, bytes) the policy removes from one thread; the caller holds the thread's lock."""
+        import time
+
+        if policy.keep_completed and self.result(name).status == "done":
+            return 0, 0
+        gone = checkpoints_to_remove(self.history(name), policy, time.time())
+        if not gone:
+            return 0, 0
+        return len(gone), trim_thread(self._core.saver, name, set(gone), workdir, self._exists, self._erase, dry_run)
+
+    def prune(self, policy: RetentionPolicy, *, thread: str | None = None, dry_run: bool = False) -> PruneReport:
+        """Apply a retention policy to one thread or all; `dry_run` only says what would go."""
+        import os
+        import tempfile
+
+        from savers.catalog import database_file, list_threads, reclaim_space
+
+        names = [_clean_thread(thread)] if thread else [r.thread_id for r in list_threads(self._core.saver)]
+        if thread:
+            self._core.existing(names[0], self._snapshot(names[0]))
+        path = database_file(self._core.saver)
+        before = os.path.getsize(path) if path else None
+        removed, freed = {}, 0
+        with tempfile.TemporaryDirectory(prefix="agent-prune-") as workdir:
+            for name in names:
+                with self._hold(name):
+                    count, size = self._trim(name, policy, Path(workdir), dry_run)
+                if count:
+                    removed[name], freed = count, freed + size
+        if removed and not dry_run:
+            reclaim_space(self._core.saver)
+        return PruneReport(dry_run, removed, sum(removed.values()), freed, before,
+                           os.path.getsize(path) if path else None)
+
+    def _retain(self, thread: str) -> None:
+        """The retention policy from config, applied to a thread after a run on it (lock still held)."""
+        import tempfile
+
+        from agent.lifecycle import parse_age
+
+        conf = self.settings.retention
+        if conf is None:
+            return
+        policy = RetentionPolicy(conf.keep, parse_age(conf.older_than) if conf.older_than else None,
+                                 conf.keep_completed)
+        with tempfile.TemporaryDirectory(prefix="agent-prune-") as workdir:
+            self._trim(thread, policy, Path(workdir), dry_run=False)
 
     def migrate_to(self, target: Agent, threads: list[str] | None = None,
                    on_checkpoint: Callable[[], None] = lambda: None) -> TransferReport:

@@ -42,6 +42,16 @@ DEFAULT_PRICES: dict[str, dict[str, float]] = {
 }
 
 
+class Retention(BaseModel):
+    """[retention] in agent.toml: applied to a thread after each run on it (see `prune`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    keep: int = Field(default=10, ge=1)
+    older_than: str | None = None
+    keep_completed: bool = False
+
+
 class ModelPrice(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -62,6 +72,7 @@ class Settings(BaseModel):
     retry_delay: float = Field(default=1.0, ge=0, le=60)
     budget: float | None = Field(default=None, gt=0)
     prices: dict[str, ModelPrice] = Field(default_factory=dict)
+    retention: Retention | None = None
 
     def price_of(self, spec: str) -> ModelPrice | None:
         """The price of a model spec ("openai:gpt-4o-mini" or just the name), or None when unknown."""

@@ -215,6 +215,8 @@ def checkpoint_info(snapshot, parent, head_id: str) -> CheckpointInfo:
     parent_id = (snapshot.parent_config or {}).get("configurable", {}).get("checkpoint_id")
     edit = json.loads(meta["edit"]) if isinstance(meta.get("edit"), str) else None
     summary = summarize(node, (parent.values or {}) if parent is not None else {}, snapshot.values or {})
+    if parent is None and parent_id:
+        node, summary = "?", "the oldest kept: checkpoints before it were pruned"
     if edit:
         summary = "edit: " + ", ".join(f"{k} = {_short(v)}" for k, v in edit.items())
     return CheckpointInfo(

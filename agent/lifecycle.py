@@ -173,3 +173,99 @@ def migrate(source, target, threads: list[str], exists: Callable[[str], bool], d
             delete(thread)
         raise StorageError(f"migration failed ({type(exc).__name__}: {exc}); the target is as it was") from None
     return TransferReport(threads=list(threads), checkpoints=checkpoints, writes=writes)
+
+
+# -- retention -----------------------------------------------------------------------------------------------
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_age(text: str) -> float:
+    """'30d', '12h', '90m', '45s', '2w' -> seconds."""
+    value, unit = text.strip()[:-1], text.strip()[-1:].lower()
+    try:
+        seconds = float(value) * _UNITS[unit]
+    except (KeyError, ValueError):
+        raise BadInput(f"--older-than '{text}' is not an age like 30d, 12h, 90m, 45s or 2w") from None
+    if seconds < 0:
+        raise BadInput(f"--older-than '{text}' is negative")
+    return seconds
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """What `prune` keeps: on every branch, the newest `keep` checkpoints of the lineage that leads to its
+    head (always at least the head, which is what resume and `show` need); with `older_than`, also every
+    checkpoint younger than that; with `keep_completed`, finished threads whole."""
+
+    keep: int = 10
+    older_than_s: float | None = None
+    keep_completed: bool = False
+
+
+def checkpoints_to_remove(rows: list, policy: RetentionPolicy, now: float) -> list[str]:
+    """Ids of a thread's checkpoints (history rows, oldest first) that the policy lets go, oldest first."""
+    from datetime import datetime
+
+    by_id = {row.checkpoint_id: row for row in rows}
+    parents = {row.parent_checkpoint_id for row in rows}
+    keep: set[str] = set()
+    for head in (row for row in rows if row.checkpoint_id not in parents):
+        current, taken = head, 0
+        while current is not None and taken < max(policy.keep, 1):
+            keep.add(current.checkpoint_id)
+            taken += 1
+            current = by_id.get(current.parent_checkpoint_id)
+    if policy.older_than_s is not None:
+        for row in rows:
+            created = datetime.fromisoformat(row.created_at).timestamp() if row.created_at else now
+            if now - created < policy.older_than_s:
+                keep.add(row.checkpoint_id)
+    return [row.checkpoint_id for row in rows if row.checkpoint_id not in keep]
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    dry_run: bool
+    removed: dict[str, int] = field(default_factory=dict)  # thread -> checkpoints removed (or that would be)
+    checkpoints: int = 0
+    bytes_freed: int = 0  # their size in the export format; the database file shrinks by about as much
+    file_bytes_before: int | None = None  # SQLite only
+    file_bytes_after: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def trim_thread(saver, thread: str, remove: set[str], workdir: Path, exists: Callable[[str], bool],
+                delete: Callable[[str], None], dry_run: bool) -> int:
+    """Replace a thread by a copy without the `remove` checkpoints (and their writes); returns the bytes
+    they take in the export format. With `dry_run`, only measures.
+
+    Through the export format and an overwriting import, so it works on every backend and the thread is
+    replaced only once the trimmed copy is whole."""
+    import json
+
+    from savers.transfer import export_records
+
+    freed, kept = 0, 0
+    path = workdir / f"prune-{uuid.uuid4().hex}.jsonl"
+    try:
+        with path.open("w", encoding="utf-8") as f:
+            for record in export_records(saver, [thread]):
+                line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+                if record.get("type") in ("checkpoint", "writes") and record["checkpoint_id"] in remove:
+                    freed += len(line.encode())
+                    continue
+                if dry_run:
+                    continue
+                if record.get("type") == "checkpoint":
+                    kept += 1
+                elif record.get("type") == "end":
+                    line = json.dumps({**record, "checkpoints": kept}) + "\n"
+                f.write(line)
+        if not dry_run:
+            import_file(saver, path, {}, True, exists, delete)
+    finally:
+        path.unlink(missing_ok=True)
+    return freed

@@ -129,3 +129,31 @@ async def acheckpoint_ids(saver, thread: str, prefix: str) -> list[str]:
     async with saver.lock:
         async with saver.conn.execute(_IDS.format(p="?"), (thread, _like(prefix))) as cur:
             return _first_column(await cur.fetchall())
+
+
+def database_file(saver) -> str | None:
+    """The SQLite file behind a saver, or None for other backends."""
+    if _backend(saver) != "sqlite":
+        return None
+    with saver.cursor(transaction=False) as cur:
+        row = next((r for r in cur.execute("PRAGMA database_list").fetchall() if r[1] == "main"), None)
+    return row[2] if row and row[2] else None
+
+
+def reclaim_space(saver) -> None:
+    """Give freed pages back to the file system after rows were deleted (SQLite; Postgres autovacuums).
+
+    The first time this turns on incremental auto-vacuum, which takes one full VACUUM; from then on each
+    call frees only what is free, without rewriting the file."""
+    if _backend(saver) != "sqlite":
+        return
+    with saver.lock:
+        conn = saver.conn
+        conn.commit()
+        if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            conn.execute("VACUUM")
+        else:
+            conn.execute("PRAGMA incremental_vacuum")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.commit()

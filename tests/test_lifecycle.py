@@ -217,3 +217,62 @@ def test_async_agent_has_the_same_lifecycle(db_url, tmp_path):
                 return [t.thread_id for t in await agent.threads()], (await other.result("b")).answer
 
     assert asyncio.run(main()) == (["b"], "20")
+
+
+LONG = "What is " + "+".join(str(n) for n in range(2, 42)) + "?"  # 39 steps
+
+
+def test_prune_keeps_every_branch_resumable_and_shrinks_sqlite(db_url):
+    from agent.lifecycle import RetentionPolicy
+
+    with Agent(db=db_url) as agent:
+        for i in range(4):
+            agent.reason(LONG.replace("?", f"+{i}?"), thread=f"done{i}")
+        agent.reason(LONG, thread="open")
+        rows = agent.history("open")
+        agent.fork("open", rows[20].checkpoint_id, {"plan.20": "Add the result of step 19 and 21"}, run=False)
+        before = {t.thread_id: t.checkpoints for t in agent.threads()}
+
+        dry = agent.prune(RetentionPolicy(keep=3), dry_run=True)
+        assert {t.thread_id: t.checkpoints for t in agent.threads()} == before
+        assert dry.checkpoints > 150 and dry.bytes_freed > 0
+
+        report = agent.prune(RetentionPolicy(keep=3))
+        assert report.removed == dry.removed and report.checkpoints == dry.checkpoints
+        if db_url.startswith("sqlite"):
+            assert report.file_bytes_after < report.file_bytes_before / 2
+        after = {t.thread_id: t.checkpoints for t in agent.threads()}
+        assert after["done0"] == 3 and after["open"] == 6  # three on each of its two branches
+        assert agent.result("done0").answer == str(sum(range(2, 42)))  # the final state is still shown
+        assert agent.result("open").status == "interrupted"
+        assert agent.resume("open").answer == str(sum(range(2, 42)))  # the edit resumes from what was kept
+        head = agent.history("done1")[0]
+        assert agent.replay("done1", head.checkpoint_id).status == "done"
+
+
+def test_prune_policy_options(db_url):
+    from agent.lifecycle import RetentionPolicy
+
+    with Agent(db=db_url) as agent:
+        agent.reason(LONG, thread="finished")
+        agent.fork("finished", agent.history("finished")[10].checkpoint_id, {"results.5": "99"}, run=False)
+        agent.reason(LONG.replace("?", "+1?"), thread="other")
+        assert agent.prune(RetentionPolicy(keep=2, older_than_s=3600)).checkpoints == 0  # all are young
+        total = len(agent.history("finished"))
+        # "finished" has an edit waiting on top, so it is not complete; "other" is, and is left whole
+        assert agent.prune(RetentionPolicy(keep=2, keep_completed=True)).removed == {"finished": total - 4}
+        assert len(agent.history("finished")) == 4  # two on each branch
+        whole = len(agent.history("other"))
+        assert agent.prune(RetentionPolicy(keep=2), thread="other").removed == {"other": whole - 2}
+        with pytest.raises(Exception, match="no thread 'ghost'"):
+            agent.prune(RetentionPolicy(), thread="ghost")
+
+
+def test_retention_from_config_applies_after_each_run(cli):
+    (cli.cwd / "agent.toml").write_text("[retention]\nkeep = 4\n")
+    assert cli("reason", LONG, "--thread", "t1").returncode == 0
+    rows = json.loads(cli("history", "--thread", "t1", "--json").stdout)
+    assert len(rows) == 4 and rows[-1]["head"]
+    assert cli("prune", "--older-than", "soon").returncode == 2
+    dry = json.loads(cli("prune", "--keep", "1", "--dry-run", "--json").stdout)
+    assert dry == {**dry, "dry_run": True, "removed": {"t1": 3}}
