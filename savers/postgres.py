@@ -6,6 +6,7 @@ Connection problems surface before any work starts, as one StorageError naming h
 from __future__ import annotations
 
 import asyncio
+import select
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from functools import cached_property, lru_cache
@@ -33,7 +34,16 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from savers.cache import AsyncPostgresCache, PostgresCache
-from savers.compact import DELTA, Chains, Decoder, MissingBase, delta_base, split_values
+from savers.compact import (
+    DELTA,
+    Chains,
+    Decoder,
+    MissingBase,
+    delta_base,
+    pack_versions,
+    split_values,
+    unpack_versions,
+)
 from savers.errors import StorageError
 from savers.migrations import amigrate_postgres, migrate_postgres
 from savers.threads import no_checkpoint, prune_args, refuse_delta_threads, target_exists
@@ -183,7 +193,7 @@ class _Rows:
         for channel, blob in encoded.blobs.items():
             params += (thread_id, ns, channel, str(versions[channel]), blob.type, blob.data, blob.base)
         params += (thread_id, ns, checkpoint["id"], configurable.get("checkpoint_id"),
-                   _jsonb({**checkpoint, "channel_values": inline}),
+                   _jsonb(pack_versions({**checkpoint, "channel_values": inline})),
                    _jsonb(get_serializable_checkpoint_metadata(config, metadata)))
         return put_sql(len(encoded.blobs)), params, encoded
 
@@ -205,6 +215,10 @@ class _Rows:
                                  "checkpoint_id": checkpoint["id"]}}
 
     # -- reading ---------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _unpacked(rows) -> list:
+        return [{**row, "checkpoint": unpack_versions(dict(row["checkpoint"]))} for row in rows]
 
     @staticmethod
     def _raw_writes(row) -> list[tuple]:
@@ -253,7 +267,7 @@ class _Rows:
             raise StorageError(f"checkpoint {checkpoint_id} of thread '{thread_id}' cannot be read: {exc} "
                                "(the thread was deleted or pruned while a run wrote to it)") from None
         if seed:
-            self.chains.seed(thread_id, ns, blobs, tips)
+            self.chains.seed(thread_id, ns, {key: key[1] for key in blobs}, tips)
         config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint_id}}
         parent_id = row["parent_checkpoint_id"]
         parent = ({"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": parent_id}}
@@ -275,7 +289,7 @@ class _Rows:
                                                 full=True)
         statements = [(INSERT_BLOB_SQL, (thread_id, ns, c, str(checkpoint["channel_versions"][c]), b.type, b.data))
                       for c, b in encoded.blobs.items()]
-        statements.append((INSERT_CHECKPOINT_SQL, (thread_id, ns, row["checkpoint_id"], _jsonb(checkpoint),
+        statements.append((INSERT_CHECKPOINT_SQL, (thread_id, ns, row["checkpoint_id"], _jsonb(pack_versions(checkpoint)),
                                                    _jsonb(row["metadata"]))))
         decoder = Decoder(self.serde, writes_blobs.get(ns, {}))
         for task_id, channel, type_, value, task_path, idx in self._raw_writes(row):
@@ -313,6 +327,7 @@ class Postgres(_Rows, PostgresSaver):
     def _load(self, cur, rows, *, seed: bool) -> list[CheckpointTuple]:
         if not rows:
             return []
+        rows = self._unpacked(rows)
         wanted = self._wanted(rows, [self._raw_writes(r) for r in rows])
         return self._tuples(rows, self._blobs(cur, wanted), seed=seed)
 
@@ -407,7 +422,7 @@ class Postgres(_Rows, PostgresSaver):
             if strategy == "keep_latest":
                 refuse_delta_threads([r["thread_id"] for r in cur.execute(SELECT_DELTA_THREADS_SQL, (thread_ids,))])
                 for thread_id in thread_ids:
-                    heads = cur.execute(SELECT_HEADS_SQL, (thread_id,)).fetchall()
+                    heads = self._unpacked(cur.execute(SELECT_HEADS_SQL, (thread_id,)).fetchall())
                     blobs = self._blob_map(self._blobs(cur, self._wanted(heads, [self._raw_writes(r) for r in heads])))
                     for row in heads:
                         kept += self._kept_rows(self._tuple(row, self._raw_writes(row), blobs, seed=False), row, blobs)
@@ -447,6 +462,7 @@ class AsyncPostgres(_Rows, AsyncPostgresSaver):
     async def _load(self, cur, rows, *, seed: bool) -> list[CheckpointTuple]:
         if not rows:
             return []
+        rows = self._unpacked(rows)
         wanted = self._wanted(rows, [self._raw_writes(r) for r in rows])
         return self._tuples(rows, await self._blobs(cur, wanted), seed=seed)
 
@@ -533,7 +549,7 @@ class AsyncPostgres(_Rows, AsyncPostgresSaver):
                 await cur.execute(SELECT_DELTA_THREADS_SQL, (thread_ids,))
                 refuse_delta_threads([r["thread_id"] for r in await cur.fetchall()])
                 for thread_id in thread_ids:
-                    heads = await (await cur.execute(SELECT_HEADS_SQL, (thread_id,))).fetchall()
+                    heads = self._unpacked(await (await cur.execute(SELECT_HEADS_SQL, (thread_id,))).fetchall())
                     wanted = self._wanted(heads, [self._raw_writes(r) for r in heads])
                     blobs = self._blob_map(await self._blobs(cur, wanted))
                     for row in heads:
@@ -591,6 +607,25 @@ def _storage_error(url: str, exc: Exception) -> StorageError:
     return StorageError(f"cannot connect to Postgres at {_where(url)}: {reason}")
 
 
+def _idle_and_open(conn) -> bool:
+    """An idle connection has nothing to read: a readable socket means the server closed it (a restart) or
+    sent a fatal error. No round trip, unlike the pool's check_connection, which would cost one per call."""
+    return not conn.closed and not conn.broken and not select.select([conn.fileno()], [], [], 0)[0]
+
+
+def _check_alive(conn: psycopg.Connection) -> None:
+    """The pool's check before it lends a connection; a dead one is closed, so the pool replaces it."""
+    if not _idle_and_open(conn):
+        conn.close()
+        raise psycopg.OperationalError("the server closed the connection")
+
+
+async def _acheck_alive(conn: psycopg.AsyncConnection) -> None:
+    if not _idle_and_open(conn):
+        await conn.close()
+        raise psycopg.OperationalError("the server closed the connection")
+
+
 def _pool_kwargs(url: str) -> dict:
     return {
         "conninfo": url,
@@ -611,7 +646,7 @@ def open_postgres(url: str) -> Iterator[Postgres]:
         guard = psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_S, autocommit=True)
     except psycopg.Error as exc:
         raise _storage_error(url, exc) from None
-    pool = ConnectionPool(check=ConnectionPool.check_connection, **_pool_kwargs(url))
+    pool = ConnectionPool(check=_check_alive, **_pool_kwargs(url))
     pool.open(wait=True, timeout=CONNECT_TIMEOUT_S * 2)
     try:
         saver = Postgres(pool)
@@ -636,7 +671,7 @@ async def open_async_postgres(url: str) -> AsyncIterator[AsyncPostgres]:
         guard = await psycopg.AsyncConnection.connect(url, connect_timeout=CONNECT_TIMEOUT_S, autocommit=True)
     except psycopg.Error as exc:
         raise _storage_error(url, exc) from None
-    pool = AsyncConnectionPool(check=AsyncConnectionPool.check_connection, **_pool_kwargs(url))
+    pool = AsyncConnectionPool(check=_acheck_alive, **_pool_kwargs(url))
     await pool.open(wait=True, timeout=CONNECT_TIMEOUT_S * 2)
     try:
         saver = AsyncPostgres(pool)

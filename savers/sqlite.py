@@ -9,10 +9,9 @@ import asyncio
 import json
 import os
 import sqlite3
-import zlib
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Generator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
@@ -32,7 +31,19 @@ from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.checkpoint.sqlite.utils import search_where
 
 from savers.cache import AsyncSqliteCache, SqliteCache
-from savers.compact import DELTA, MSGPACK, Chains, Decoder, MissingBase, delta_base, split_values
+from savers.compact import (
+    DELTA,
+    MSGPACK,
+    Chains,
+    Decoder,
+    Encoded,
+    MissingBase,
+    delta_base,
+    dump_metadata,
+    pack_versions,
+    split_values,
+    unpack_versions,
+)
 from savers.errors import StorageError
 from savers.migrations import amigrate_sqlite, migrate_sqlite
 from savers.threads import no_checkpoint, prune_args, refuse_delta_threads, target_exists
@@ -46,34 +57,33 @@ PRAGMAS = (
 )
 
 
-CHECKPOINT_TYPE = "agent1"  # zlib-compressed msgpack of a checkpoint whose big values are in agent_blobs
+# A checkpoint row of ours is msgpack of the checkpoint with packed versions (savers.compact), its small values
+# inline, and two more keys: "values", the values this row stores apart ({channel: [type, bytes]}), and
+# "apart", where each value kept apart is ({channel: id of the checkpoint row that stores it, None: this one}).
+# So a put is one INSERT, and a value is stored once, in the row of the checkpoint that first had it.
+CHECKPOINT_TYPE = "agent3"
 _COLUMNS = "thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, type, checkpoint, metadata"
+_WRITE_COLUMNS = "thread_id, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, type, value"
 SELECT_ONE = f"SELECT {_COLUMNS} FROM checkpoints WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id = ?"
 SELECT_LATEST = (f"SELECT {_COLUMNS} FROM checkpoints WHERE thread_id = ? AND checkpoint_ns = ? "
                  "ORDER BY checkpoint_id DESC LIMIT 1")
 SELECT_WRITES = ("SELECT task_id, channel, type, value, task_path, idx FROM writes "
                  "WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id = ?")
-# The blobs asked for (a JSON array of [channel, version]) and every base their deltas extend, transitively.
-SELECT_BLOBS = """
-WITH RECURSIVE wanted(channel, version) AS (
-    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?)
-), chain(channel, version, type, blob, base) AS (
-    SELECT b.channel, b.version, b.type, b.blob, b.base FROM wanted w CROSS JOIN agent_blobs b
-    ON b.thread_id = ? AND b.checkpoint_ns = ? AND b.channel = w.channel AND b.version = w.version
-    UNION ALL
-    SELECT b.channel, b.version, b.type, b.blob, b.base FROM chain c CROSS JOIN agent_blobs b
-    ON b.thread_id = ? AND b.checkpoint_ns = ? AND b.channel = c.channel AND b.version = c.base
-)
-SELECT channel, version, type, blob FROM chain"""
-INSERT_BLOB = ("INSERT OR IGNORE INTO agent_blobs (thread_id, checkpoint_ns, channel, version, type, blob, base) "
-               "VALUES (?, ?, ?, ?, ?, ?, ?)")
+SELECT_ALL_WRITES = f"SELECT {_WRITE_COLUMNS} FROM writes WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id = ?"
+# Rows that store values other checkpoints refer to; and values kept after their row was deleted
+# (agent_blobs, keyed by the id of the row they came from: delete_for_runs keeps them there).
+SELECT_ROWS = ("SELECT checkpoint_id, type, checkpoint FROM checkpoints WHERE thread_id = ? AND checkpoint_ns = ? "
+               "AND checkpoint_id IN (SELECT value FROM json_each(?))")
+SELECT_KEPT = ("SELECT channel, version, type, blob FROM agent_blobs WHERE thread_id = ? AND checkpoint_ns = ? "
+               "AND version IN (SELECT value FROM json_each(?))")
+INSERT_KEPT = ("INSERT OR IGNORE INTO agent_blobs (thread_id, checkpoint_ns, channel, version, type, blob) "
+               "VALUES (?, ?, ?, ?, ?, ?)")
 INSERT_CHECKPOINT = f"INSERT OR REPLACE INTO checkpoints ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
-_WRITE_COLUMNS = "thread_id, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, type, value"
-UPSERT_WRITES = f"INSERT OR REPLACE INTO writes ({_WRITE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 INSERT_WRITES = f"INSERT OR IGNORE INTO writes ({_WRITE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 TABLES = ("checkpoints", "writes", "agent_blobs")
-DELETE_THREADS = [f"DELETE FROM {t} WHERE thread_id IN (SELECT value FROM json_each(?))" for t in TABLES]
+DELETE_THREADS = tuple(f"DELETE FROM {t} WHERE thread_id IN (SELECT value FROM json_each(?))" for t in TABLES)
 _IN_RUNS = "json_extract(CAST({m} AS TEXT), '$.run_id') IN (SELECT value FROM json_each(?))"
+SELECT_RUNS = f"SELECT thread_id, checkpoint_ns, checkpoint_id, type, checkpoint FROM checkpoints WHERE {_IN_RUNS.format(m='metadata')}"
 DELETE_RUNS = (
     "DELETE FROM writes WHERE EXISTS (SELECT 1 FROM checkpoints c WHERE c.thread_id = writes.thread_id "
     "AND c.checkpoint_ns = writes.checkpoint_ns AND c.checkpoint_id = writes.checkpoint_id AND "
@@ -85,7 +95,6 @@ SELECT_DELTA_THREADS = ("SELECT DISTINCT thread_id FROM checkpoints WHERE thread
 SELECT_HEADS = (f"SELECT {_COLUMNS} FROM checkpoints c WHERE thread_id = ? AND checkpoint_id = "
                 "(SELECT MAX(checkpoint_id) FROM checkpoints k WHERE k.thread_id = c.thread_id "
                 "AND k.checkpoint_ns = c.checkpoint_ns)")
-SELECT_ALL_WRITES = f"SELECT {_WRITE_COLUMNS} FROM writes WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id = ?"
 EXISTS_THREAD = "SELECT 1 FROM checkpoints WHERE thread_id = ? LIMIT 1"
 # A lineage: a root-namespace checkpoint and its ancestors, by parent links (ids sort by time only per process).
 SELECT_LINEAGE = """
@@ -104,14 +113,13 @@ _COLUMNS_REST = _COLUMNS.split(", ", 1)[1]
 _IN_LINEAGE = ("((c.checkpoint_ns = '' AND c.checkpoint_id IN (SELECT value FROM json_each(?))) OR "
                "(c.checkpoint_ns <> '' AND json_extract(CAST(c.metadata AS TEXT), '$.parents.\"\"') "
                "IN (SELECT value FROM json_each(?))))")
-COPY_ALL = {
-    "checkpoints": f"INSERT INTO checkpoints ({_COLUMNS}) SELECT ?, {_COLUMNS_REST} FROM checkpoints WHERE thread_id = ?",
-    "writes": f"INSERT INTO writes ({_WRITE_COLUMNS}) SELECT ?, {_WRITE_REST} FROM writes WHERE thread_id = ?",
-    "agent_blobs": "INSERT INTO agent_blobs (thread_id, checkpoint_ns, channel, version, type, blob, base) "
-                   "SELECT ?, checkpoint_ns, channel, version, type, blob, base FROM agent_blobs WHERE thread_id = ?",
-}
-COPY_LINEAGE_CHECKPOINTS = (f"INSERT INTO checkpoints ({_COLUMNS}) SELECT ?, {_COLUMNS_REST} FROM checkpoints c "
-                            f"WHERE c.thread_id = ? AND {_IN_LINEAGE}")
+COPY_ALL = (
+    f"INSERT INTO checkpoints ({_COLUMNS}) SELECT ?, {_COLUMNS_REST} FROM checkpoints WHERE thread_id = ?",
+    f"INSERT INTO writes ({_WRITE_COLUMNS}) SELECT ?, {_WRITE_REST} FROM writes WHERE thread_id = ?",
+    "INSERT INTO agent_blobs (thread_id, checkpoint_ns, channel, version, type, blob, base) "
+    "SELECT ?, checkpoint_ns, channel, version, type, blob, base FROM agent_blobs WHERE thread_id = ?",
+)
+SELECT_LINEAGE_ROWS = (f"SELECT {_COLUMNS} FROM checkpoints c WHERE c.thread_id = ? AND {_IN_LINEAGE}")
 # The lineage's writes, except those of its last checkpoint: they belong to the step after it.
 COPY_LINEAGE_WRITES = (
     f"INSERT INTO writes ({_WRITE_COLUMNS}) SELECT ?, {_WRITE_REST} FROM writes w "
@@ -119,6 +127,22 @@ COPY_LINEAGE_WRITES = (
     "checkpoints c WHERE c.thread_id = w.thread_id AND c.checkpoint_ns = w.checkpoint_ns "
     f"AND c.checkpoint_id = w.checkpoint_id AND {_IN_LINEAGE})"
 )
+SELECT_LINEAGE_WRITES = ("SELECT w.checkpoint_ns, w.channel, w.type, w.value FROM writes w WHERE w.thread_id = ? "
+                         "AND NOT (w.checkpoint_ns = '' AND w.checkpoint_id = ?) AND EXISTS (SELECT 1 FROM checkpoints c "
+                         "WHERE c.thread_id = w.thread_id AND c.checkpoint_ns = w.checkpoint_ns "
+                         f"AND c.checkpoint_id = w.checkpoint_id AND {_IN_LINEAGE})")
+
+
+@lru_cache(maxsize=64)
+def _insert_writes(n: int, replace: bool) -> str:
+    """One INSERT for a task's n writes: one statement, one transaction, one call into SQLite."""
+    rows = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * n)
+    return f"INSERT OR {'REPLACE' if replace else 'IGNORE'} INTO writes ({_WRITE_COLUMNS}) VALUES {rows}"
+
+
+# A plan is a generator of (sql, params, many) that receives each statement's rows and returns its result;
+# Sqlite and AsyncSqlite each run it with their own connection, so every operation is written once.
+Plan = Generator[tuple[str, Any, bool], list, Any]
 
 
 def _params(config) -> tuple[str, str]:
@@ -127,7 +151,8 @@ def _params(config) -> tuple[str, str]:
 
 
 class _Rows:
-    """Rows in and out of the SQLite tables, shared by the sync and async savers (which only do the I/O)."""
+    """Rows in and out of the SQLite tables, and every operation as a plan, shared by the sync and async
+    savers (which only run plans)."""
 
     serde: Any
 
@@ -137,32 +162,36 @@ class _Rows:
 
     # -- writing ---------------------------------------------------------------------------------------
 
-    def _checkpoint_rows(self, config, checkpoint, metadata, new_versions, *, full: bool = False):
-        """(checkpoint row, blob rows, what to remember after commit) for one checkpoint."""
-        thread_id, ns = str(config["configurable"]["thread_id"]), config["configurable"]["checkpoint_ns"]
+    def _checkpoint_row(self, config, checkpoint, metadata, new_versions) -> tuple[tuple, Encoded]:
+        configurable = config["configurable"]
+        thread_id, ns = str(configurable["thread_id"]), configurable["checkpoint_ns"]
+        return self._row(thread_id, ns, checkpoint, configurable.get("checkpoint_id"),
+                         dump_metadata(get_checkpoint_metadata(config, metadata)), new_versions)
+
+    def _row(self, thread_id: str, ns: str, checkpoint, parent_id, metadata: bytes, new_versions,
+             *, full: bool = False) -> tuple[tuple, Encoded]:
         inline, apart = split_values(checkpoint["channel_values"])
         encoded = self.chains.encode_checkpoint(self.serde, thread_id, ns, apart, checkpoint["channel_versions"],
-                                                new_versions, full=full)
-        blobs = [(thread_id, ns, channel, str(checkpoint["channel_versions"][channel]), b.type, b.data, b.base)
-                 for channel, b in encoded.blobs.items()]
-        compact = {**checkpoint, "channel_values": inline, "stored": sorted(apart)}
+                                                new_versions, here=checkpoint["id"], full=full)
+        compact = pack_versions({
+            **checkpoint, "channel_values": inline,
+            "apart": {c: encoded.refs.get(c) for c in apart},
+            "values": {c: (b.type, b.data) for c, b in encoded.blobs.items()},
+        })
         type_, data = self.serde.dumps_typed(compact)
-        type_, data = (CHECKPOINT_TYPE, zlib.compress(data, 1)) if type_ == MSGPACK else (
-            f"{CHECKPOINT_TYPE}+{type_}", data)
-        meta = json.dumps(get_checkpoint_metadata(config, metadata), ensure_ascii=False).encode("utf-8", "ignore")
-        row = (thread_id, ns, checkpoint["id"], config["configurable"].get("checkpoint_id"), type_, data, meta)
-        return row, blobs, encoded
+        type_ = CHECKPOINT_TYPE if type_ == MSGPACK else f"{CHECKPOINT_TYPE}+{type_}"
+        return (thread_id, ns, checkpoint["id"], parent_id, type_, data, metadata), encoded
 
-    def _write_rows(self, config, writes, task_id: str, task_path: str) -> tuple[str, list[tuple]]:
-        thread_id, ns = str(config["configurable"]["thread_id"]), str(config["configurable"]["checkpoint_ns"])
-        checkpoint_id = str(config["configurable"]["checkpoint_id"])
-        query = UPSERT_WRITES if all(w[0] in WRITES_IDX_MAP for w in writes) else INSERT_WRITES
-        rows = []
+    def _writes_statement(self, config, writes, task_id: str, task_path: str) -> tuple[str, list]:
+        configurable = config["configurable"]
+        thread_id, ns = str(configurable["thread_id"]), str(configurable["checkpoint_ns"])
+        checkpoint_id = str(configurable["checkpoint_id"])
+        params: list = []
         for idx, (channel, value) in enumerate(writes):
             blob = self.chains.encode_write(self.serde, thread_id, ns, channel, value)
-            rows.append((thread_id, ns, checkpoint_id, task_id, task_path, WRITES_IDX_MAP.get(channel, idx),
-                         channel, blob.type, blob.data))
-        return query, rows
+            params += (thread_id, ns, checkpoint_id, task_id, task_path, WRITES_IDX_MAP.get(channel, idx), channel,
+                       blob.type, blob.data)
+        return _insert_writes(len(writes), all(w[0] in WRITES_IDX_MAP for w in writes)), params
 
     @staticmethod
     def _next_config(config, checkpoint) -> RunnableConfig:
@@ -172,37 +201,67 @@ class _Rows:
 
     # -- reading ---------------------------------------------------------------------------------------
 
-    def _unpack(self, row) -> tuple[dict, list[str]]:
-        """A checkpoint row's checkpoint (values stored apart not yet in it) and the channels stored apart."""
-        type_, data = row[4], row[5]
+    def _unpack(self, type_: str, data: bytes) -> dict | None:
+        """The checkpoint of one of our rows, versions unpacked; None for a row of the official saver."""
         if type_ == CHECKPOINT_TYPE:
-            checkpoint = self.serde.loads_typed((MSGPACK, zlib.decompress(data)))
-        elif type_.startswith(CHECKPOINT_TYPE + "+"):
-            checkpoint = self.serde.loads_typed((type_[len(CHECKPOINT_TYPE) + 1:], data))
-        else:  # written by the official saver: every value inline
-            return self.serde.loads_typed((type_, data)), []
-        return checkpoint, checkpoint.pop("stored", [])
+            return unpack_versions(self.serde.loads_typed((MSGPACK, data)))
+        if type_.startswith(CHECKPOINT_TYPE + "+"):
+            return unpack_versions(self.serde.loads_typed((type_[len(CHECKPOINT_TYPE) + 1:], data)))
+        return None
 
-    @staticmethod
-    def _wanted(checkpoint: dict, stored: list[str], writes) -> list[tuple[str, str]]:
-        """The blobs to fetch for a checkpoint: its values stored apart, and the bases of its writes."""
-        versions = checkpoint["channel_versions"]
-        keys = [(channel, str(versions[channel])) for channel in stored if channel in versions]
-        keys += [(w[1], base) for w in writes if (base := delta_base(w[2], w[3])) is not None]
-        return keys
+    def _row_values(self, type_: str, data: bytes) -> dict:
+        """The values a row stores apart: {channel: (type, bytes)}."""
+        compact = self._unpack(type_, data)
+        return {c: tuple(v) for c, v in compact["values"].items()} if compact else {}
 
-    def _tuple(self, row, checkpoint: dict, stored: list[str], writes, blobs: dict, *, seed: bool) -> CheckpointTuple:
-        thread_id, ns, checkpoint_id, parent_id = row[0], row[1], row[2], row[3]
-        decoder = Decoder(self.serde, blobs)
-        versions = checkpoint["channel_versions"]
-        tips = {}
+    def _resolve(self, thread_id: str, ns: str, wanted: set, rows: dict) -> Plan:
+        """Every stored value in `wanted` - (channel, key of the row that stores it) - and the bases their
+        deltas extend, transitively: {(channel, key): (type, bytes)}. `rows` caches rows' values by id."""
+        found: dict = {}
+        tried: set = set()
+        while wanted := wanted - tried:
+            tried |= wanted
+            if ids := sorted({key for _, key in wanted} - rows.keys()):
+                for cid, type_, data in (yield SELECT_ROWS, (thread_id, ns, json.dumps(ids)), False):
+                    rows[cid] = self._row_values(type_, data)
+                rows.update((cid, {}) for cid in ids if cid not in rows)
+            missing = set()
+            for channel, key in wanted:
+                if (stored := rows[key].get(channel)) is not None:
+                    found[(channel, key)] = stored
+                else:
+                    missing.add((channel, key))
+            if missing:
+                keys = json.dumps(sorted({key for _, key in missing}))
+                for channel, key, type_, data in (yield SELECT_KEPT, (thread_id, ns, keys), False):
+                    if (channel, key) in missing:
+                        found[(channel, key)] = (type_, data)
+            wanted = {(c, base) for (c, _), (t, d) in found.items() if (base := delta_base(t, d)) is not None}
+        return found
+
+    def _read(self, row, rows: dict, *, seed: bool) -> Plan:
+        """The CheckpointTuple of a checkpoint row: its writes, and the values it refers to."""
+        thread_id, ns, checkpoint_id, parent_id, type_, data, meta = row
+        writes = yield SELECT_WRITES, (thread_id, ns, checkpoint_id), False
+        compact = self._unpack(type_, data)
+        if compact is None:  # written by the official saver: every value inline
+            checkpoint, where = self.serde.loads_typed((type_, data)), {}
+        else:
+            checkpoint = compact
+            rows[checkpoint_id] = {c: tuple(v) for c, v in checkpoint.pop("values").items()}
+            where = {c: key or checkpoint_id for c, key in checkpoint.pop("apart").items()}
+        wanted = set(where.items()) | {(w[1], base) for w in writes if (base := delta_base(w[2], w[3])) is not None}
+        found = yield from self._resolve(thread_id, ns, wanted, rows)
+        decoder = Decoder(self.serde, found)
+        versions, tips, known = checkpoint["channel_versions"], {}, {}
         try:
-            for channel in stored:
-                key = (channel, str(versions.get(channel)))
-                if key in blobs:
-                    checkpoint["channel_values"][channel] = decoder.value(channel, *blobs[key])
-                    if seed and (tip := decoder.list_tip(channel, key[1], *blobs[key])):
-                        tips[channel] = tip
+            for channel, key in where.items():
+                if (stored := found.get((channel, key))) is None:
+                    raise MissingBase(f"the value of '{channel}' stored with checkpoint {key} is gone")
+                checkpoint["channel_values"][channel] = decoder.value(channel, *stored)
+                known[(channel, str(versions.get(channel)))] = key
+                if seed and (tip := decoder.list_tip(channel, key, *stored)):
+                    tips[channel] = tip
             pending = [(task_id, channel, decoder.value(channel, type_, value))
                        for task_id, channel, type_, value, _, _ in
                        sorted(writes, key=lambda w: writes_sort_key(w[4], w[0], w[5]))]
@@ -210,47 +269,122 @@ class _Rows:
             raise StorageError(f"checkpoint {checkpoint_id} of thread '{thread_id}' cannot be read: {exc} "
                                "(the thread was deleted or pruned while a run wrote to it)") from None
         if seed:
-            self.chains.seed(thread_id, ns, blobs, tips)
-        metadata = json.loads(row[6]) if row[6] is not None else {}
+            self.chains.seed(thread_id, ns, known, tips)
         config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint_id}}
         parent = ({"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": parent_id}}
                   if parent_id else None)
-        return CheckpointTuple(config, checkpoint, metadata, parent, pending)
+        return CheckpointTuple(config, checkpoint, json.loads(meta) if meta is not None else {}, parent, pending)
 
-    @staticmethod
-    def _blob_params(thread_id: str, ns: str, keys) -> tuple:
-        return json.dumps(keys), thread_id, ns, thread_id, ns
+    # -- operations ------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _blob_map(rows) -> dict:
-        return {(r[0], r[1]): (r[2], r[3]) for r in rows}
+    def _get_tuple_plan(self, config) -> Plan:
+        thread_id, ns = _params(config)
+        if checkpoint_id := get_checkpoint_id(config):
+            found = yield SELECT_ONE, (thread_id, ns, checkpoint_id), False
+        else:
+            found = yield SELECT_LATEST, (thread_id, ns), False
+        return (yield from self._read(found[0], {}, seed=True)) if found else None
 
-    def _full_writes(self, thread_id: str, rows, blobs: dict) -> list[tuple]:
-        """Write rows with deltas replaced by whole values (for a checkpoint whose bases will be deleted)."""
-        decoder = Decoder(self.serde, blobs)
-        full = []
-        for row in rows:
-            *key, channel, type_, value = row
-            if type_ == DELTA:
-                type_, value = self.serde.dumps_typed(decoder.value(channel, type_, value))
-            full.append((*key, channel, type_, value))
-        return full
-
-    @staticmethod
-    def _list_query(config, filter, before, limit) -> tuple[str, tuple]:
+    def _list_plan(self, config, filter, before, limit) -> Plan:
         where, params = search_where(config, filter, before)
         query = f"SELECT {_COLUMNS} FROM checkpoints {where} ORDER BY checkpoint_id DESC"
         if limit is not None:
-            query += " LIMIT ?"
-            params = (*params, int(limit))
-        return query, tuple(params)
+            query, params = query + " LIMIT ?", (*params, int(limit))
+        rows_by_thread: dict = {}  # rows read once per list, however many checkpoints refer to them
+        tuples = []
+        for row in (yield query, tuple(params), False):
+            tuples.append((yield from self._read(row, rows_by_thread.setdefault(row[:2], {}), seed=False)))
+        return tuples
+
+    def _delete_plan(self, thread_ids: list[str]) -> Plan:
+        for sql in DELETE_THREADS:
+            yield sql, (json.dumps(thread_ids),), False
+
+    def _delete_runs_plan(self, run_ids: list[str]) -> Plan:
+        """The runs' checkpoints and writes go; values their rows store stay, in agent_blobs, since other
+        runs' checkpoints may refer to them (delete_thread and prune remove them with the thread)."""
+        runs = json.dumps(run_ids)
+        kept = [(thread_id, ns, channel, cid, t, d)
+                for thread_id, ns, cid, type_, data in (yield SELECT_RUNS, (runs,), False)
+                for channel, (t, d) in self._row_values(type_, data).items()]
+        if kept:
+            yield INSERT_KEPT, kept, True
+        for sql in DELETE_RUNS:
+            yield sql, (runs,), False
+
+    def _copy_plan(self, source: str, target: str, up_to: str | None) -> Plan:
+        if (yield EXISTS_THREAD, (target,), False):
+            raise target_exists(target)
+        if up_to is None:
+            for sql in COPY_ALL:
+                yield sql, (target, source), False
+            return
+        ids = [r[0] for r in (yield SELECT_LINEAGE, (source, up_to, source), False)]
+        if not ids:
+            raise no_checkpoint(source, up_to)
+        lineage = (json.dumps(ids), json.dumps([i for i in ids if i != up_to]))
+        rows = yield SELECT_LINEAGE_ROWS, (source, *lineage), False
+        yield INSERT_CHECKPOINT, [(target, *row[1:]) for row in rows], True
+        yield COPY_LINEAGE_WRITES, (target, source, up_to, *lineage), False
+        # Values the lineage refers to that rows outside it store: kept for the copy in agent_blobs.
+        wanted: dict[str, set] = {}
+        for _, ns, cid, _, type_, data, _ in rows:
+            if compact := self._unpack(type_, data):
+                wanted.setdefault(ns, set()).update(
+                    (c, key or cid) for c, key in compact["apart"].items())
+                wanted[ns].update((c, base) for c, (t, d) in compact["values"].items()
+                                  if (base := delta_base(t, d)) is not None)
+        for ns, channel, type_, value in (yield SELECT_LINEAGE_WRITES, (source, up_to, *lineage), False):
+            if (base := delta_base(type_, value)) is not None:
+                wanted.setdefault(ns, set()).add((channel, base))
+        copied = {(row[1], row[2]) for row in rows}
+        for ns, keys in wanted.items():
+            found = yield from self._resolve(source, ns, keys, {})
+            kept = [(target, ns, c, key, t, d) for (c, key), (t, d) in found.items() if (ns, key) not in copied]
+            if kept:
+                yield INSERT_KEPT, kept, True
+
+    def _prune_plan(self, thread_ids: list[str], strategy: str) -> Plan:
+        kept = []
+        if strategy == "keep_latest":
+            refuse_delta_threads([r[0] for r in (yield SELECT_DELTA_THREADS, (json.dumps(thread_ids),), False)])
+            for thread_id in thread_ids:
+                for row in (yield SELECT_HEADS, (thread_id,), False):
+                    kept.append((yield from self._standalone(row)))
+        yield from self._delete_plan(thread_ids)
+        for checkpoint_row, write_rows in kept:
+            yield INSERT_CHECKPOINT, checkpoint_row, False
+            if write_rows:
+                yield INSERT_WRITES, write_rows, True
+
+    def _standalone(self, row) -> Plan:
+        """A checkpoint row that stores every value it refers to, with no parent, and its writes whole."""
+        thread_id, ns, checkpoint_id = row[:3]
+        tup = yield from self._read(row, {}, seed=False)
+        checkpoint = {**tup.checkpoint, "channel_values": dict(tup.checkpoint["channel_values"])}
+        new_row, _ = self._row(thread_id, ns, checkpoint, None, row[6], {}, full=True)
+        raw = yield SELECT_ALL_WRITES, (thread_id, ns, checkpoint_id), False
+        values = iter(tup.pending_writes)
+        writes = []
+        for (*key, channel, type_, value), (_, _, decoded) in zip(
+                sorted(raw, key=lambda w: writes_sort_key(w[4], w[3], w[5])), values):
+            if type_ == DELTA:
+                type_, value = self.serde.dumps_typed(decoded)
+            writes.append((*key, channel, type_, value))
+        return new_row, writes
 
 
 class Sqlite(_Rows, SqliteSaver):
-    """The official SqliteSaver with compact storage (savers.compact), every capability of LangGraph's saver
-    interface (copy_thread, delete_for_runs, prune), our tables (migrated in setup) and the reply cache."""
+    """The official SqliteSaver with compact storage (savers.compact), one statement per put and put_writes,
+    every capability of LangGraph's saver interface (copy_thread, delete_for_runs, prune), our tables
+    (migrated in setup) and the reply cache. The connection runs in autocommit mode: each statement is its own
+    transaction, and operations of several statements take one explicitly."""
 
     _agent_ready = False
+
+    def __init__(self, conn: sqlite3.Connection, *, serde=None) -> None:
+        super().__init__(conn, serde=serde)
+        conn.isolation_level = None
 
     def setup(self) -> None:
         super().setup()
@@ -263,143 +397,80 @@ class Sqlite(_Rows, SqliteSaver):
     def response_cache(self) -> SqliteCache:
         return SqliteCache(self.conn, self.lock)
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Cursor]:
-        """One transaction under the saver's lock: committed on success, rolled back on any error."""
+    def _run(self, plan: Plan, begin: str | None = None) -> Any:
+        """Runs a plan under the saver's lock, in one transaction when `begin` says how to start it."""
         with self.lock:
             self.setup()
-            cur = self.conn.cursor()
+            if begin:
+                self.conn.execute(begin)
             try:
-                yield cur
-                self.conn.commit()
+                sql, params, many = next(plan)
+                while True:
+                    if many:
+                        self.conn.executemany(sql, params)
+                        rows = []
+                    else:
+                        rows = self.conn.execute(sql, params).fetchall()
+                    sql, params, many = plan.send(rows)
+            except StopIteration as done:
+                if begin:
+                    self.conn.execute("COMMIT")
+                return done.value
             except BaseException:
-                self.conn.rollback()
+                if begin and self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
                 raise
-            finally:
-                cur.close()
-
-    def _blobs(self, cur, thread_id: str, ns: str, keys) -> dict:
-        if not keys:
-            return {}
-        return self._blob_map(cur.execute(SELECT_BLOBS, self._blob_params(thread_id, ns, keys)).fetchall())
-
-    def _read(self, cur, row, *, seed: bool) -> CheckpointTuple:
-        checkpoint, stored = self._unpack(row)
-        writes = cur.execute(SELECT_WRITES, row[:3]).fetchall()
-        blobs = self._blobs(cur, row[0], row[1], self._wanted(checkpoint, stored, writes))
-        return self._tuple(row, checkpoint, stored, writes, blobs, seed=seed)
 
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
-        thread_id, ns = _params(config)
-        with self._transaction() as cur:
-            if checkpoint_id := get_checkpoint_id(config):
-                row = cur.execute(SELECT_ONE, (thread_id, ns, checkpoint_id)).fetchone()
-            else:
-                row = cur.execute(SELECT_LATEST, (thread_id, ns)).fetchone()
-            return self._read(cur, row, seed=True) if row else None
+        return self._run(self._get_tuple_plan(config), "BEGIN")
 
     def list(self, config: RunnableConfig | None, *, filter: dict[str, Any] | None = None,
              before: RunnableConfig | None = None, limit: int | None = None) -> Iterator[CheckpointTuple]:
-        query, params = self._list_query(config, filter, before, limit)
-        with self._transaction() as cur:
-            rows = cur.execute(query, params).fetchall()
-        for row in rows:  # the lock is not held while the caller works on a tuple
-            with self._transaction() as cur:
-                tup = self._read(cur, row, seed=False)
-            yield tup
+        yield from self._run(self._list_plan(config, filter, before, limit), "BEGIN")
 
     def put(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
             new_versions: ChannelVersions) -> RunnableConfig:
-        thread_id, ns = str(config["configurable"]["thread_id"]), config["configurable"]["checkpoint_ns"]
         # Encoded before taking the lock, so it overlaps another call's I/O (puts of a thread come in order).
-        row, blobs, encoded = self._checkpoint_rows(config, checkpoint, metadata, new_versions)
-        with self._transaction() as cur:
-            if blobs:
-                cur.executemany(INSERT_BLOB, blobs)
-            cur.execute(INSERT_CHECKPOINT, row)
-        self.chains.remember(thread_id, ns, encoded)
+        row, encoded = self._checkpoint_row(config, checkpoint, metadata, new_versions)
+        with self.lock:
+            self.setup()
+            self.conn.execute(INSERT_CHECKPOINT, row)
+        self.chains.remember(row[0], row[1], encoded)
         return self._next_config(config, checkpoint)
 
     def put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
                    task_path: str = "") -> None:
-        query, rows = self._write_rows(config, writes, task_id, task_path)
-        with self._transaction() as cur:
-            cur.executemany(query, rows)
+        if writes:
+            sql, params = self._writes_statement(config, writes, task_id, task_path)
+            with self.lock:
+                self.setup()
+                self.conn.execute(sql, params)
 
     def delete_thread(self, thread_id: str) -> None:
-        with self._transaction() as cur:
-            for sql in DELETE_THREADS:
-                cur.execute(sql, (json.dumps([str(thread_id)]),))
+        self._run(self._delete_plan([str(thread_id)]), "BEGIN IMMEDIATE")
         self.chains.forget([thread_id])
 
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
-        """Delete the checkpoints (and their writes) made by these runs. Their stored values stay, since
-        checkpoints of other runs may share them; delete_thread and prune remove them with the thread."""
-        if not run_ids:
-            return
-        with self._transaction() as cur:
-            for sql in DELETE_RUNS:
-                cur.execute(sql, (json.dumps([str(r) for r in run_ids]),))
+        """Delete the checkpoints (and their writes) made by these runs; the values they store stay for the
+        checkpoints of other runs that share them (delete_thread and prune remove them with the thread)."""
+        if run_ids:
+            self._run(self._delete_runs_plan([str(r) for r in run_ids]), "BEGIN IMMEDIATE")
 
     def copy_thread(self, source_thread_id: str, target_thread_id: str, *, up_to: str | None = None) -> None:
         """Copy a thread, or with `up_to` one lineage of it: that checkpoint, its ancestors, their pending
         writes (except the writes of `up_to` itself, which belong to the step after it), the subgraph
-        checkpoints under them, and the values they store. Checkpoint ids stay the same."""
-        source, target = str(source_thread_id), str(target_thread_id)
-        with self._transaction() as cur:
-            if cur.execute(EXISTS_THREAD, (target,)).fetchone():
-                raise target_exists(target)
-            if up_to is None:
-                for sql in COPY_ALL.values():
-                    cur.execute(sql, (target, source))
-            else:
-                ids = [r[0] for r in cur.execute(SELECT_LINEAGE, (source, up_to, source)).fetchall()]
-                if not ids:
-                    raise no_checkpoint(source, up_to)
-                root, sub = json.dumps(ids), json.dumps([i for i in ids if i != up_to])
-                cur.execute(COPY_LINEAGE_CHECKPOINTS, (target, source, root, sub))
-                cur.execute(COPY_LINEAGE_WRITES, (target, source, up_to, root, sub))
-                cur.execute(COPY_ALL["agent_blobs"], (target, source))
-        self.chains.forget([target])
+        checkpoints under them, and the values they refer to. Checkpoint ids stay the same."""
+        plan = self._copy_plan(str(source_thread_id), str(target_thread_id), up_to)
+        self._run(plan, "BEGIN IMMEDIATE")
+        self.chains.forget([target_thread_id])
 
     def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         """"delete" removes the threads; "keep_latest" keeps each namespace's latest checkpoint (with its
-        pending writes, its values stored whole, and no parent) and deletes the rest. Refuses threads
-        that use a DeltaChannel, whose values are rebuilt from older checkpoints."""
-        thread_ids = prune_args(thread_ids, strategy)
-        if not thread_ids:
-            return
-        with self._transaction() as cur:
-            if strategy == "keep_latest":
-                refuse_delta_threads([r[0] for r in cur.execute(SELECT_DELTA_THREADS, (json.dumps(thread_ids),))])
-                kept = [self._kept(cur, thread_id) for thread_id in thread_ids]
-            for sql in DELETE_THREADS:
-                cur.execute(sql, (json.dumps(thread_ids),))
-            if strategy == "keep_latest":
-                for heads in kept:
-                    for checkpoint_row, blob_rows, write_rows in heads:
-                        cur.executemany(INSERT_BLOB, blob_rows)
-                        cur.execute(INSERT_CHECKPOINT, checkpoint_row)
-                        cur.executemany(INSERT_WRITES, write_rows)
-        self.chains.forget(thread_ids)
-
-    def _kept(self, cur, thread_id: str) -> list[tuple]:
-        """Rows that keep each namespace's latest checkpoint of a thread readable on their own."""
-        heads = []
-        for row in cur.execute(SELECT_HEADS, (thread_id,)).fetchall():
-            tup = self._read(cur, row, seed=False)
-            raw_writes = cur.execute(SELECT_ALL_WRITES, row[:3]).fetchall()
-            bases = [(w[6], base) for w in raw_writes if (base := delta_base(w[7], w[8])) is not None]
-            writes = self._full_writes(thread_id, raw_writes, self._blobs(cur, row[0], row[1], bases))
-            values = tup.checkpoint["channel_values"]
-            checkpoint, stored = self._unpack(row)
-            encoded = self.chains.encode_checkpoint(
-                self.serde, row[0], row[1], {c: values[c] for c in stored if c in values},
-                checkpoint["channel_versions"], {}, full=True)
-            blobs = [(row[0], row[1], c, str(checkpoint["channel_versions"][c]), b.type, b.data, None)
-                     for c, b in encoded.blobs.items()]
-            heads.append(((*row[:3], None, *row[4:]), blobs, writes))
-        return heads
+        pending writes, every value it refers to, and no parent) and deletes the rest. Refuses threads that
+        use a DeltaChannel, whose values are rebuilt from older checkpoints."""
+        if thread_ids := prune_args(thread_ids, strategy):
+            self._run(self._prune_plan(thread_ids, strategy), "BEGIN IMMEDIATE")
+            self.chains.forget(thread_ids)
 
     def get_delta_channel_history(self, *, config: RunnableConfig, channels: Sequence[str]):
         # The official fast path reads the official row format; ours walks get_tuple, which reads ours.
@@ -407,11 +478,14 @@ class Sqlite(_Rows, SqliteSaver):
 
 
 class AsyncSqlite(_Rows, AsyncSqliteSaver):
-    """The async twin of Sqlite, on aiosqlite."""
+    """The async twin of Sqlite, on aiosqlite (opened in autocommit mode by open_async_sqlite)."""
 
     _agent_ready = False
 
     async def setup(self) -> None:
+        if self.conn.isolation_level is not None:
+            raise StorageError("AsyncSqlite needs a connection in autocommit mode: "
+                               "aiosqlite.connect(path, isolation_level=None)")
         await super().setup()
         if not self._agent_ready:
             async with self.lock:
@@ -423,141 +497,72 @@ class AsyncSqlite(_Rows, AsyncSqliteSaver):
     def response_cache(self) -> AsyncSqliteCache:
         return AsyncSqliteCache(self.conn, self.lock)
 
-    @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[aiosqlite.Cursor]:
+    async def _run(self, plan: Plan, begin: str | None = None) -> Any:
         await self.setup()
         async with self.lock:
-            cur = await self.conn.cursor()
+            if begin:
+                await self.conn.execute(begin)
             try:
-                yield cur
-                await self.conn.commit()
+                sql, params, many = next(plan)
+                while True:
+                    if many:
+                        await self.conn.executemany(sql, params)
+                        rows = []
+                    else:
+                        async with self.conn.execute(sql, params) as cur:
+                            rows = await cur.fetchall()
+                    sql, params, many = plan.send(rows)
+            except StopIteration as done:
+                if begin:
+                    await self.conn.execute("COMMIT")
+                return done.value
             except BaseException:
-                await self.conn.rollback()
+                if begin and self.conn.in_transaction:
+                    await self.conn.execute("ROLLBACK")
                 raise
-            finally:
-                await cur.close()
-
-    async def _blobs(self, cur, thread_id: str, ns: str, keys) -> dict:
-        if not keys:
-            return {}
-        await cur.execute(SELECT_BLOBS, self._blob_params(thread_id, ns, keys))
-        return self._blob_map(await cur.fetchall())
-
-    async def _read(self, cur, row, *, seed: bool) -> CheckpointTuple:
-        checkpoint, stored = self._unpack(row)
-        await cur.execute(SELECT_WRITES, tuple(row[:3]))
-        writes = await cur.fetchall()
-        blobs = await self._blobs(cur, row[0], row[1], self._wanted(checkpoint, stored, writes))
-        return self._tuple(row, checkpoint, stored, writes, blobs, seed=seed)
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
-        thread_id, ns = _params(config)
-        async with self._transaction() as cur:
-            if checkpoint_id := get_checkpoint_id(config):
-                await cur.execute(SELECT_ONE, (thread_id, ns, checkpoint_id))
-            else:
-                await cur.execute(SELECT_LATEST, (thread_id, ns))
-            row = await cur.fetchone()
-            return await self._read(cur, row, seed=True) if row else None
+        return await self._run(self._get_tuple_plan(config), "BEGIN")
 
     async def alist(self, config: RunnableConfig | None, *, filter: dict[str, Any] | None = None,
                     before: RunnableConfig | None = None, limit: int | None = None) -> AsyncIterator[CheckpointTuple]:
-        query, params = self._list_query(config, filter, before, limit)
-        async with self._transaction() as cur:
-            await cur.execute(query, params)
-            rows = await cur.fetchall()
-        for row in rows:
-            async with self._transaction() as cur:
-                tup = await self._read(cur, row, seed=False)
+        for tup in await self._run(self._list_plan(config, filter, before, limit), "BEGIN"):
             yield tup
 
     async def aput(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
                    new_versions: ChannelVersions) -> RunnableConfig:
-        thread_id, ns = str(config["configurable"]["thread_id"]), config["configurable"]["checkpoint_ns"]
-        row, blobs, encoded = self._checkpoint_rows(config, checkpoint, metadata, new_versions)
-        async with self._transaction() as cur:
-            if blobs:
-                await cur.executemany(INSERT_BLOB, blobs)
-            await cur.execute(INSERT_CHECKPOINT, row)
-        self.chains.remember(thread_id, ns, encoded)
+        row, encoded = self._checkpoint_row(config, checkpoint, metadata, new_versions)
+        await self.setup()
+        async with self.lock:
+            await self.conn.execute(INSERT_CHECKPOINT, row)
+        self.chains.remember(row[0], row[1], encoded)
         return self._next_config(config, checkpoint)
 
     async def aput_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
                           task_path: str = "") -> None:
-        query, rows = self._write_rows(config, writes, task_id, task_path)
-        async with self._transaction() as cur:
-            await cur.executemany(query, rows)
+        if writes:
+            sql, params = self._writes_statement(config, writes, task_id, task_path)
+            await self.setup()
+            async with self.lock:
+                await self.conn.execute(sql, params)
 
     async def adelete_thread(self, thread_id: str) -> None:
-        async with self._transaction() as cur:
-            for sql in DELETE_THREADS:
-                await cur.execute(sql, (json.dumps([str(thread_id)]),))
+        await self._run(self._delete_plan([str(thread_id)]), "BEGIN IMMEDIATE")
         self.chains.forget([thread_id])
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
-        if not run_ids:
-            return
-        async with self._transaction() as cur:
-            for sql in DELETE_RUNS:
-                await cur.execute(sql, (json.dumps([str(r) for r in run_ids]),))
+        if run_ids:
+            await self._run(self._delete_runs_plan([str(r) for r in run_ids]), "BEGIN IMMEDIATE")
 
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str, *, up_to: str | None = None) -> None:
-        source, target = str(source_thread_id), str(target_thread_id)
-        async with self._transaction() as cur:
-            await cur.execute(EXISTS_THREAD, (target,))
-            if await cur.fetchone():
-                raise target_exists(target)
-            if up_to is None:
-                for sql in COPY_ALL.values():
-                    await cur.execute(sql, (target, source))
-            else:
-                await cur.execute(SELECT_LINEAGE, (source, up_to, source))
-                ids = [r[0] for r in await cur.fetchall()]
-                if not ids:
-                    raise no_checkpoint(source, up_to)
-                root, sub = json.dumps(ids), json.dumps([i for i in ids if i != up_to])
-                await cur.execute(COPY_LINEAGE_CHECKPOINTS, (target, source, root, sub))
-                await cur.execute(COPY_LINEAGE_WRITES, (target, source, up_to, root, sub))
-                await cur.execute(COPY_ALL["agent_blobs"], (target, source))
-        self.chains.forget([target])
+        plan = self._copy_plan(str(source_thread_id), str(target_thread_id), up_to)
+        await self._run(plan, "BEGIN IMMEDIATE")
+        self.chains.forget([target_thread_id])
 
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
-        thread_ids = prune_args(thread_ids, strategy)
-        if not thread_ids:
-            return
-        async with self._transaction() as cur:
-            if strategy == "keep_latest":
-                await cur.execute(SELECT_DELTA_THREADS, (json.dumps(thread_ids),))
-                refuse_delta_threads([r[0] for r in await cur.fetchall()])
-                kept = [await self._kept(cur, thread_id) for thread_id in thread_ids]
-            for sql in DELETE_THREADS:
-                await cur.execute(sql, (json.dumps(thread_ids),))
-            if strategy == "keep_latest":
-                for heads in kept:
-                    for checkpoint_row, blob_rows, write_rows in heads:
-                        await cur.executemany(INSERT_BLOB, blob_rows)
-                        await cur.execute(INSERT_CHECKPOINT, checkpoint_row)
-                        await cur.executemany(INSERT_WRITES, write_rows)
-        self.chains.forget(thread_ids)
-
-    async def _kept(self, cur, thread_id: str) -> list[tuple]:
-        await cur.execute(SELECT_HEADS, (thread_id,))
-        heads = []
-        for row in await cur.fetchall():
-            tup = await self._read(cur, row, seed=False)
-            await cur.execute(SELECT_ALL_WRITES, tuple(row[:3]))
-            raw_writes = await cur.fetchall()
-            bases = [(w[6], base) for w in raw_writes if (base := delta_base(w[7], w[8])) is not None]
-            writes = self._full_writes(thread_id, raw_writes, await self._blobs(cur, row[0], row[1], bases))
-            values = tup.checkpoint["channel_values"]
-            checkpoint, stored = self._unpack(row)
-            encoded = self.chains.encode_checkpoint(
-                self.serde, row[0], row[1], {c: values[c] for c in stored if c in values},
-                checkpoint["channel_versions"], {}, full=True)
-            blobs = [(row[0], row[1], c, str(checkpoint["channel_versions"][c]), b.type, b.data, None)
-                     for c, b in encoded.blobs.items()]
-            heads.append(((*row[:3], None, *row[4:]), blobs, writes))
-        return heads
+        if thread_ids := prune_args(thread_ids, strategy):
+            await self._run(self._prune_plan(thread_ids, strategy), "BEGIN IMMEDIATE")
+            self.chains.forget(thread_ids)
 
     def copy_thread(self, source_thread_id: str, target_thread_id: str, *, up_to: str | None = None) -> None:
         self._from_thread(self.acopy_thread(source_thread_id, target_thread_id, up_to=up_to))
@@ -614,7 +619,8 @@ def open_sqlite(path: str, create: bool = True) -> Iterator[Sqlite]:
     absolute = check_path(path, create)
     try:
         # The saver serializes access with its own lock, so one connection may serve many threads.
-        conn = sqlite3.connect(absolute, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
+        conn = sqlite3.connect(absolute, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000,
+                               isolation_level=None)
     except sqlite3.Error as exc:
         raise _storage_error(path, exc) from exc
     try:
@@ -636,7 +642,7 @@ async def open_async_sqlite(path: str, create: bool = True) -> AsyncIterator[Asy
 
     absolute = check_path(path, create)
     try:
-        conn = await aiosqlite.connect(absolute, timeout=BUSY_TIMEOUT_MS / 1000)
+        conn = await aiosqlite.connect(absolute, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
     except sqlite3.Error as exc:
         raise _storage_error(path, exc) from exc
     try:
