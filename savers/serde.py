@@ -9,6 +9,7 @@ import gzip
 import hashlib
 import hmac
 import os
+import threading
 import unicodedata
 import zlib
 from collections.abc import Callable, Mapping
@@ -60,10 +61,22 @@ def _corrupt(codec: str, exc: Exception) -> StorageError:
     return StorageError(f"a stored {codec} value cannot be decompressed ({exc}): the database row is corrupt")
 
 
-def _zstd_compress(data: bytes) -> bytes:
-    import zstandard
+_zstd_contexts = threading.local()
 
-    return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(data)
+
+def _zstd() -> tuple[Any, Any]:
+    """This thread's zstd (compressor, decompressor): making them costs 5x compressing a value, and zstandard's
+    contexts must not be shared between threads (the savers encode outside their lock)."""
+    contexts = getattr(_zstd_contexts, "pair", None)
+    if contexts is None:
+        import zstandard
+
+        contexts = _zstd_contexts.pair = (zstandard.ZstdCompressor(level=ZSTD_LEVEL), zstandard.ZstdDecompressor())
+    return contexts
+
+
+def _zstd_compress(data: bytes) -> bytes:
+    return _zstd()[0].compress(data)
 
 
 def _zstd_decompress(data: bytes) -> bytes:
@@ -73,7 +86,7 @@ def _zstd_decompress(data: bytes) -> bytes:
         if zstandard.frame_content_size(data) > MAX_VALUE_BYTES:
             raise _too_large("zstd")
         # max_output_size bounds frames that do not declare their size.
-        return zstandard.ZstdDecompressor().decompress(data, max_output_size=MAX_VALUE_BYTES)
+        return _zstd()[1].decompress(data, max_output_size=MAX_VALUE_BYTES)
     except zstandard.ZstdError as exc:
         raise _corrupt("zstd", exc) from None
 

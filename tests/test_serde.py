@@ -5,6 +5,7 @@ plaintext, a wrong or missing key is a clear error, and a crafted value rebuilds
 from __future__ import annotations
 
 import asyncio
+import gzip
 import pickle
 import sqlite3
 from contextlib import contextmanager
@@ -151,6 +152,19 @@ def test_compression_shrinks_a_long_thread(tmp_path):
         stored[name] = value_bytes(path)
     assert stored["zstd"] < 0.8 * stored["plain"]
     assert stored["gzip"] < 0.8 * stored["plain"]
+
+
+@pytest.mark.parametrize("codec, compress", [
+    ("zstd", lambda data: zstandard.ZstdCompressor().compress(data)),
+    ("gzip", gzip.compress),
+])
+def test_a_value_that_would_decompress_past_the_limit_is_refused(codec, compress, monkeypatch):
+    import savers.serde
+
+    bomb = compress(ormsgpack.packb("x" * 100_000))  # a few hundred bytes in the database
+    monkeypatch.setattr(savers.serde, "MAX_VALUE_BYTES", 10_000)
+    with pytest.raises(StorageError, match=f"a stored {codec} value would decompress to more than"):
+        make_serde().loads_typed((f"msgpack+{codec}", bomb))
 
 
 # -- encryption ----------------------------------------------------------------------------------------------
