@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import select
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, nullcontext
 from functools import cached_property, lru_cache
 from typing import Any
 
@@ -32,6 +32,7 @@ from langgraph.checkpoint.postgres._internal import get_connection
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from savers.cache import AsyncPostgresCache, PostgresCache
 from savers.compact import (
@@ -162,6 +163,11 @@ INSERT_BLOB_SQL = (f"INSERT INTO checkpoint_blobs (thread_id, {_BLOB_REST}) VALU
                    "ON CONFLICT DO NOTHING")
 INSERT_CHECKPOINT_SQL = f"INSERT INTO checkpoints ({_CHECKPOINT_COLUMNS}) VALUES (%s, %s, %s, NULL, %s, %s)"
 INSERT_WRITE_SQL = f"INSERT INTO checkpoint_writes ({_WRITE_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+
+
+@asynccontextmanager
+async def _anull() -> AsyncIterator[None]:
+    yield
 
 
 def _jsonb(value: Any) -> Jsonb:
@@ -314,6 +320,33 @@ class Postgres(_Rows, PostgresSaver):
     def response_cache(self) -> PostgresCache:
         return PostgresCache(self.conn)
 
+    _own: psycopg.Connection | None = None
+
+    @contextmanager
+    def _cursor(self, *, pipeline: bool = False) -> Iterator[psycopg.Cursor]:
+        """A cursor on one connection of the pool that the saver keeps for its own statements (they run one
+        at a time under its lock anyway): no checkout per call. A dead one goes back for the pool to replace."""
+        if not isinstance(self.conn, ConnectionPool):
+            with super()._cursor(pipeline=pipeline) as cur:
+                yield cur
+            return
+        with self.lock:
+            if self._own is not None and not _idle_and_open(self._own):
+                self.conn.putconn(self._own)
+                self._own = None
+            if self._own is None:
+                self._own = self.conn.getconn()
+            conn = self._own
+            with conn.transaction() if pipeline else nullcontext(), conn.cursor(binary=True, row_factory=dict_row) as cur:
+                yield cur
+
+    def close(self) -> None:
+        """Gives the saver's connection back to the pool (before the pool closes)."""
+        with self.lock:
+            if self._own is not None:
+                self.conn.putconn(self._own)
+                self._own = None
+
     @contextmanager
     def _transaction(self) -> Iterator[psycopg.Cursor]:
         with self._cursor() as cur, cur.connection.transaction():
@@ -448,6 +481,32 @@ class AsyncPostgres(_Rows, AsyncPostgresSaver):
     @cached_property
     def response_cache(self) -> AsyncPostgresCache:
         return AsyncPostgresCache(self.conn)
+
+    _own: psycopg.AsyncConnection | None = None
+
+    @asynccontextmanager
+    async def _cursor(self, *, pipeline: bool = False) -> AsyncIterator[psycopg.AsyncCursor]:
+        """As Postgres._cursor: one connection of the pool kept for the saver's own statements."""
+        if not isinstance(self.conn, AsyncConnectionPool):
+            async with super()._cursor(pipeline=pipeline) as cur:
+                yield cur
+            return
+        async with self.lock:
+            if self._own is not None and not _idle_and_open(self._own):
+                await self.conn.putconn(self._own)
+                self._own = None
+            if self._own is None:
+                self._own = await self.conn.getconn()
+            conn = self._own
+            async with (conn.transaction() if pipeline else _anull()), \
+                    conn.cursor(binary=True, row_factory=dict_row) as cur:
+                yield cur
+
+    async def aclose(self) -> None:
+        async with self.lock:
+            if self._own is not None:
+                await self.conn.putconn(self._own)
+                self._own = None
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[psycopg.AsyncCursor]:
@@ -648,8 +707,8 @@ def open_postgres(url: str) -> Iterator[Postgres]:
         raise _storage_error(url, exc) from None
     pool = ConnectionPool(check=_check_alive, **_pool_kwargs(url))
     pool.open(wait=True, timeout=CONNECT_TIMEOUT_S * 2)
+    saver = Postgres(pool)
     try:
-        saver = Postgres(pool)
         try:
             with guard:
                 # The official setup() is not safe when two processes start on a fresh database at once
@@ -660,6 +719,7 @@ def open_postgres(url: str) -> Iterator[Postgres]:
             raise StorageError(f"cannot set up the Postgres schema at {_where(url)}: {exc}") from exc
         yield saver
     finally:
+        saver.close()
         pool.close()
 
 
@@ -673,8 +733,8 @@ async def open_async_postgres(url: str) -> AsyncIterator[AsyncPostgres]:
         raise _storage_error(url, exc) from None
     pool = AsyncConnectionPool(check=_acheck_alive, **_pool_kwargs(url))
     await pool.open(wait=True, timeout=CONNECT_TIMEOUT_S * 2)
+    saver = AsyncPostgres(pool)
     try:
-        saver = AsyncPostgres(pool)
         try:
             async with guard:
                 await guard.execute("SELECT pg_advisory_lock(%s)", (SETUP_LOCK_KEY,))
@@ -683,4 +743,5 @@ async def open_async_postgres(url: str) -> AsyncIterator[AsyncPostgres]:
             raise StorageError(f"cannot set up the Postgres schema at {_where(url)}: {exc}") from exc
         yield saver
     finally:
+        await saver.aclose()
         await pool.close()
