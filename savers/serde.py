@@ -20,7 +20,7 @@ from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
 from savers.errors import StorageError
 
-__all__ = ["EncryptionError", "Serializer", "make_serde", "serde_from_env", "COMPRESSIONS", "MIN_PASSPHRASE_CHARS"]
+__all__ = ["EncryptionError", "Serializer", "Cipher", "make_serde", "serde_from_env", "COMPRESSIONS", "MIN_PASSPHRASE_CHARS"]
 
 COMPRESSIONS = ("zstd", "gzip")
 # Smaller values are stored as they are: compressing them saves a few bytes at best, and a value of the
