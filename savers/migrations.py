@@ -30,6 +30,14 @@ SQLITE = [
         base TEXT,
         PRIMARY KEY (thread_id, checkpoint_ns, channel, version)
     ) WITHOUT ROWID""",
+    # One lease per running thread (Postgres uses advisory locks instead): who holds it, until when.
+    """CREATE TABLE IF NOT EXISTS agent_locks (
+        thread_id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        expires_at REAL NOT NULL
+    )""",
 ]
 
 POSTGRES = [

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import select
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager, nullcontext
 from functools import cached_property, lru_cache
@@ -52,8 +53,24 @@ from savers.threads import no_checkpoint, prune_args, refuse_delta_threads, targ
 # Unreachable servers must fail within seconds, not hang on the OS default (minutes).
 CONNECT_TIMEOUT_S = 5
 POOL_MAX_SIZE = 10
-# Serializes schema setup across processes; released when the setup connection closes.
+# Serializes schema setup across processes; released when the setup connection closes. Waiters poll with
+# pg_try_advisory_lock instead of blocking in pg_advisory_lock: a blocked statement is an open transaction,
+# and the official migrations' CREATE INDEX CONCURRENTLY waits for every open transaction - a deadlock.
 SETUP_LOCK_KEY = 7216450980
+TRY_SETUP_LOCK = "SELECT pg_try_advisory_lock(%s)"
+SETUP_WAIT_S = 60
+
+
+def _wait_for_setup(url: str, started: float, sleep: bool = True) -> float:
+    """One pause while another process sets the schema up; an error if that takes unreasonably long."""
+    if time.monotonic() - started > SETUP_WAIT_S:
+        raise StorageError(f"Postgres at {_where(url)}: another process has been setting up the schema for "
+                           f"{SETUP_WAIT_S} s; try again, or look for a stuck `agent` process")
+    if sleep:
+        time.sleep(0.05)
+    return 0.05
+
+
 # autocommit and dict rows are what the official savers expect; prepare_threshold=0 prepares
 # statements on first use, which is what makes repeated checkpoint writes cheap.
 CONNECTION_KWARGS = {"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row}
@@ -700,6 +717,7 @@ def _pool_kwargs(url: str) -> dict:
 def open_postgres(url: str) -> Iterator[Postgres]:
     from psycopg_pool import ConnectionPool
 
+    started = time.monotonic()
     try:
         # One plain connection first: its error says why (refused, auth, no such database).
         guard = psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_S, autocommit=True)
@@ -713,7 +731,8 @@ def open_postgres(url: str) -> Iterator[Postgres]:
             with guard:
                 # The official setup() is not safe when two processes start on a fresh database at once
                 # (both insert the same checkpoint_migrations row): one at a time, by a session lock.
-                guard.execute("SELECT pg_advisory_lock(%s)", (SETUP_LOCK_KEY,))
+                while not guard.execute(TRY_SETUP_LOCK, (SETUP_LOCK_KEY,)).fetchone()[0]:
+                    _wait_for_setup(url, started)
                 saver.setup()
         except psycopg.Error as exc:
             raise StorageError(f"cannot set up the Postgres schema at {_where(url)}: {exc}") from exc
@@ -727,6 +746,7 @@ def open_postgres(url: str) -> Iterator[Postgres]:
 async def open_async_postgres(url: str) -> AsyncIterator[AsyncPostgres]:
     from psycopg_pool import AsyncConnectionPool
 
+    started = time.monotonic()
     try:
         guard = await psycopg.AsyncConnection.connect(url, connect_timeout=CONNECT_TIMEOUT_S, autocommit=True)
     except psycopg.Error as exc:
@@ -737,7 +757,8 @@ async def open_async_postgres(url: str) -> AsyncIterator[AsyncPostgres]:
     try:
         try:
             async with guard:
-                await guard.execute("SELECT pg_advisory_lock(%s)", (SETUP_LOCK_KEY,))
+                while not (await (await guard.execute(TRY_SETUP_LOCK, (SETUP_LOCK_KEY,))).fetchone())[0]:
+                    await asyncio.sleep(_wait_for_setup(url, started, sleep=False))
                 await saver.setup()
         except psycopg.Error as exc:
             raise StorageError(f"cannot set up the Postgres schema at {_where(url)}: {exc}") from exc
