@@ -11,6 +11,7 @@ import random
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from functools import lru_cache
 from typing import Any, Protocol
 
 from langchain_core.language_models import BaseChatModel
@@ -96,10 +97,15 @@ class Price:
         return (input_tokens * self.input + output_tokens * self.output) / 1_000_000
 
 
+@lru_cache(maxsize=64)
+def _schema_json(schema: type[BaseModel]) -> str:
+    return json.dumps(schema.model_json_schema(), sort_keys=True)
+
+
 def request_key(model_id: str, method: str, schema: type[BaseModel], messages: list) -> str:
     """The identity of a request: same model, same structure asked for, same messages -> same key."""
-    request = {"model": model_id, "method": method, "schema": schema.model_json_schema(), "messages": messages}
-    return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+    request = json.dumps({"model": model_id, "method": method, "messages": messages}, sort_keys=True)
+    return hashlib.sha256(f"{_schema_json(schema)}\n{request}".encode()).hexdigest()
 
 
 def _estimate_tokens(messages: list) -> int:
@@ -183,7 +189,7 @@ class Ask:
         return wait
 
     def __call__(self, node: str, schema, messages, usage: dict, config) -> tuple[BaseModel, dict]:
-        key = request_key(self.model_id, self.method, schema, messages)
+        key = request_key(self.model_id, self.method, schema, messages) if self.cache is not None else ""
         hit = self.cache.get(key) if self._cached(config) else None
         if hit:
             return self._hit(schema, hit)
@@ -203,7 +209,7 @@ class Ask:
         return reply, spent
 
     async def acall(self, node: str, schema, messages, usage: dict, config) -> tuple[BaseModel, dict]:
-        key = request_key(self.model_id, self.method, schema, messages)
+        key = request_key(self.model_id, self.method, schema, messages) if self.cache is not None else ""
         hit = await self.cache.aget(key) if self._cached(config) else None
         if hit:
             return self._hit(schema, hit)

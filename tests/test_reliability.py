@@ -242,3 +242,21 @@ def test_bad_reliability_flags_are_one_clear_error(cli, llm, args, message):
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (cli.cwd / "agent.db").exists()
+
+
+def test_two_batch_processes_share_one_file_on_postgres_without_running_a_question_twice(cli, llm, pg, request,
+                                                                                        tmp_path):
+    from conftest import fresh_db_url
+
+    url = fresh_db_url("postgres", request, tmp_path)
+    questions = tmp_path / "shared.jsonl"
+    questions.write_text("".join(json.dumps({"id": i, "question": f"What is {i}*7+{i}?"}) + "\n" for i in range(30)))
+    llm.delay = 0.02
+    procs = [cli.popen("batch", str(questions), "-o", str(tmp_path / f"out{n}.jsonl"), "--workers", "3",
+                       "--db", url, "--model", MODEL, "--json", env=llm.env()) for n in range(2)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0], [p.stderr.read() for p in procs]
+    plans = [r["messages"][-1]["content"] for r in llm.requests if r["_task"] == "Plan"]
+    assert len(plans) == len(set(plans)) == 30  # each question planned by exactly one of the two
+    rows = [json.loads(line) for n in range(2) for line in (tmp_path / f"out{n}.jsonl").read_text().splitlines()]
+    assert {r["id"] for r in rows} == {str(i) for i in range(30)}
+    assert all(r["answer"] == str(int(r["id"]) * 8) for r in rows)

@@ -14,6 +14,7 @@ from typing import Any
 
 from agent.api import AsyncAgent, RunResult
 from agent.history import CheckpointInfo, ThreadInfo, build_history
+from graphs.ask import request_key
 
 PAGE_SIZE = 50
 # A thread's record is rebuilt when its newest checkpoint or its count changes, and at the latest after
@@ -382,15 +383,6 @@ class Store:
             })
         return {"format": "agent-history-json/1", "thread_id": thread, "branch_head": upto,
                 "exported_at": datetime.now(timezone.utc).isoformat(), "checkpoints": checkpoints}
-
-
-def request_key(model_id: str, method: str, schema, messages) -> str:
-    # The reply cache's own key function; it moved from graphs.cot to graphs.ask, so take it where it is.
-    try:
-        from graphs.ask import request_key as key
-    except ImportError:
-        from graphs.cot import request_key as key
-    return key(model_id, method, schema, messages)
 
 
 def dumps(value: Any) -> str:
