@@ -48,7 +48,7 @@ from savers.compact import (
 )
 from savers.errors import StorageError
 from savers.migrations import amigrate_postgres, migrate_postgres
-from savers.threads import no_checkpoint, prune_args, refuse_delta_threads, target_exists
+from savers.threads import SyncWrappers, no_checkpoint, prune_args, refuse_delta_threads, target_exists
 
 # Unreachable servers must fail within seconds, not hang on the OS default (minutes).
 CONNECT_TIMEOUT_S = 5
@@ -487,7 +487,7 @@ class Postgres(_Rows, PostgresSaver):
         return BaseCheckpointSaver.get_delta_channel_history(self, config=config, channels=channels)
 
 
-class AsyncPostgres(_Rows, AsyncPostgresSaver):
+class AsyncPostgres(SyncWrappers, _Rows, AsyncPostgresSaver):
     """The async twin of Postgres."""
 
     async def setup(self) -> None:
@@ -635,27 +635,6 @@ class AsyncPostgres(_Rows, AsyncPostgresSaver):
             for sql, params in kept:
                 await cur.execute(sql, params)
         self.chains.forget(thread_ids)
-
-    def copy_thread(self, source_thread_id: str, target_thread_id: str, *, up_to: str | None = None) -> None:
-        self._from_thread(self.acopy_thread(source_thread_id, target_thread_id, up_to=up_to))
-
-    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
-        self._from_thread(self.adelete_for_runs(run_ids))
-
-    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
-        self._from_thread(self.aprune(thread_ids, strategy=strategy))
-
-    def _from_thread(self, coro):
-        """Like the official sync wrappers: run on the saver's loop, from another thread only."""
-        try:
-            if asyncio.get_running_loop() is self.loop:
-                coro.close()
-                raise asyncio.InvalidStateError(
-                    "Synchronous calls to AsyncPostgres are only allowed from a different thread; await the "
-                    "async method (acopy_thread, adelete_for_runs, aprune) instead.")
-        except RuntimeError:
-            pass
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     async def aget_delta_channel_history(self, *, config: RunnableConfig, channels: Sequence[str]):
         return await BaseCheckpointSaver.aget_delta_channel_history(self, config=config, channels=channels)

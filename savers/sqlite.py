@@ -46,7 +46,7 @@ from savers.compact import (
 )
 from savers.errors import StorageError
 from savers.migrations import amigrate_sqlite, migrate_sqlite
-from savers.threads import no_checkpoint, prune_args, refuse_delta_threads, target_exists
+from savers.threads import SyncWrappers, no_checkpoint, prune_args, refuse_delta_threads, target_exists
 
 # Readers (e.g. `history` while a run writes) wait this long for a lock instead of failing at once.
 BUSY_TIMEOUT_MS = 10_000
@@ -477,7 +477,7 @@ class Sqlite(_Rows, SqliteSaver):
         return BaseCheckpointSaver.get_delta_channel_history(self, config=config, channels=channels)
 
 
-class AsyncSqlite(_Rows, AsyncSqliteSaver):
+class AsyncSqlite(SyncWrappers, _Rows, AsyncSqliteSaver):
     """The async twin of Sqlite, on aiosqlite (opened in autocommit mode by open_async_sqlite)."""
 
     _agent_ready = False
@@ -563,27 +563,6 @@ class AsyncSqlite(_Rows, AsyncSqliteSaver):
         if thread_ids := prune_args(thread_ids, strategy):
             await self._run(self._prune_plan(thread_ids, strategy), "BEGIN IMMEDIATE")
             self.chains.forget(thread_ids)
-
-    def copy_thread(self, source_thread_id: str, target_thread_id: str, *, up_to: str | None = None) -> None:
-        self._from_thread(self.acopy_thread(source_thread_id, target_thread_id, up_to=up_to))
-
-    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
-        self._from_thread(self.adelete_for_runs(run_ids))
-
-    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
-        self._from_thread(self.aprune(thread_ids, strategy=strategy))
-
-    def _from_thread(self, coro):
-        """Like the official sync wrappers: run on the saver's loop, from another thread only."""
-        try:
-            if asyncio.get_running_loop() is self.loop:
-                coro.close()
-                raise asyncio.InvalidStateError(
-                    "Synchronous calls to AsyncSqlite are only allowed from a different thread; await the "
-                    "async method (acopy_thread, adelete_for_runs, aprune) instead.")
-        except RuntimeError:
-            pass
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     async def aget_delta_channel_history(self, *, config: RunnableConfig, channels: Sequence[str]):
         return await BaseCheckpointSaver.aget_delta_channel_history(self, config=config, channels=channels)

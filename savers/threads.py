@@ -3,6 +3,7 @@ the checkpoints of runs, prune old checkpoints - and the rules every backend app
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from savers.errors import StorageError
@@ -41,3 +42,28 @@ def target_exists(target: str) -> ThreadExists:
 
 def no_checkpoint(source: str, checkpoint_id: str) -> CheckpointNotFound:
     return CheckpointNotFound(f"thread '{source}' has no checkpoint {checkpoint_id}")
+
+
+class SyncWrappers:
+    """The synchronous twins of an async saver's copy_thread / delete_for_runs / prune, as the official async
+    savers offer for their other methods: run on the saver's event loop, from another thread only."""
+
+    def copy_thread(self, source_thread_id: str, target_thread_id: str, *, up_to: str | None = None) -> None:
+        self._from_thread(self.acopy_thread(source_thread_id, target_thread_id, up_to=up_to))
+
+    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        self._from_thread(self.adelete_for_runs(run_ids))
+
+    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        self._from_thread(self.aprune(thread_ids, strategy=strategy))
+
+    def _from_thread(self, coro):
+        try:
+            if asyncio.get_running_loop() is self.loop:
+                coro.close()
+                raise asyncio.InvalidStateError(
+                    f"Synchronous calls to {type(self).__name__} are only allowed from a different thread; await "
+                    "the async method (acopy_thread, adelete_for_runs, aprune) instead.")
+        except RuntimeError:
+            pass
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
