@@ -5,7 +5,6 @@ WAL with synchronous=NORMAL is durable against a process crash (SIGKILL); only p
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sqlite3
