@@ -344,3 +344,26 @@ class Decoder:
             n, body = self.body(channel, type_, data)
             return key, n, body
         return None
+
+
+def write_params(chains, serde, config: Mapping[str, Any], writes, task_id: str, task_path: str) -> tuple[list, bool]:
+    """The flat parameters of a put_writes for every backend's INSERT (nine per write), and whether every
+    write goes to a special channel (which decides between upsert and insert-if-absent)."""
+    from langgraph.checkpoint.base import WRITES_IDX_MAP
+
+    configurable = config["configurable"]
+    thread_id, ns = str(configurable["thread_id"]), str(configurable["checkpoint_ns"])
+    checkpoint_id = str(configurable["checkpoint_id"])
+    params: list = []
+    for idx, (channel, value) in enumerate(writes):
+        blob = chains.encode_write(serde, thread_id, ns, channel, value)
+        params += (thread_id, ns, checkpoint_id, task_id, task_path, WRITES_IDX_MAP.get(channel, idx), channel,
+                   blob.type, blob.data)
+    return params, all(w[0] in WRITES_IDX_MAP for w in writes)
+
+
+def next_config(config: Mapping[str, Any], checkpoint: Mapping[str, Any]) -> dict:
+    """What put returns: the config that names the checkpoint just stored."""
+    configurable = config["configurable"]
+    return {"configurable": {"thread_id": configurable["thread_id"], "checkpoint_ns": configurable["checkpoint_ns"],
+                             "checkpoint_id": checkpoint["id"]}}

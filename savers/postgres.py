@@ -17,7 +17,6 @@ import orjson
 import psycopg
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
-    WRITES_IDX_MAP,
     BaseCheckpointSaver,
     ChannelVersions,
     Checkpoint,
@@ -37,6 +36,8 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from savers.cache import AsyncPostgresCache, PostgresCache
 from savers.compact import (
+    next_config,
+    write_params,
     DELTA,
     Chains,
     Decoder,
@@ -221,21 +222,8 @@ class _Rows:
         return put_sql(len(encoded.blobs)), params, encoded
 
     def _writes_params(self, config, writes, task_id: str, task_path: str) -> tuple[str, list]:
-        configurable = config["configurable"]
-        thread_id, ns = str(configurable["thread_id"]), str(configurable["checkpoint_ns"])
-        checkpoint_id = str(configurable["checkpoint_id"])
-        params: list = []
-        for idx, (channel, value) in enumerate(writes):
-            blob = self.chains.encode_write(self.serde, thread_id, ns, channel, value)
-            params += (thread_id, ns, checkpoint_id, task_id, task_path, WRITES_IDX_MAP.get(channel, idx), channel,
-                       blob.type, blob.data)
-        return writes_sql(len(writes), all(w[0] in WRITES_IDX_MAP for w in writes)), params
-
-    @staticmethod
-    def _next_config(config, checkpoint) -> RunnableConfig:
-        configurable = config["configurable"]
-        return {"configurable": {"thread_id": configurable["thread_id"], "checkpoint_ns": configurable["checkpoint_ns"],
-                                 "checkpoint_id": checkpoint["id"]}}
+        params, special = write_params(self.chains, self.serde, config, writes, task_id, task_path)
+        return writes_sql(len(writes), special), params
 
     # -- reading ---------------------------------------------------------------------------------------
 
@@ -417,7 +405,7 @@ class Postgres(_Rows, PostgresSaver):
             cur.execute(sql, params)
             self.chains.remember(str(config["configurable"]["thread_id"]), config["configurable"]["checkpoint_ns"],
                                  encoded)
-        return self._next_config(config, checkpoint)
+        return next_config(config, checkpoint)
 
     def put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
                    task_path: str = "") -> None:
@@ -577,7 +565,7 @@ class AsyncPostgres(SyncWrappers, _Rows, AsyncPostgresSaver):
             await cur.execute(sql, params)
             self.chains.remember(str(config["configurable"]["thread_id"]), config["configurable"]["checkpoint_ns"],
                                  encoded)
-        return self._next_config(config, checkpoint)
+        return next_config(config, checkpoint)
 
     async def aput_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
                           task_path: str = "") -> None:

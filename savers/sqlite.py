@@ -15,7 +15,6 @@ from typing import Any
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
-    WRITES_IDX_MAP,
     BaseCheckpointSaver,
     ChannelVersions,
     Checkpoint,
@@ -31,6 +30,8 @@ from langgraph.checkpoint.sqlite.utils import search_where
 
 from savers.cache import AsyncSqliteCache, SqliteCache
 from savers.compact import (
+    next_config,
+    write_params,
     DELTA,
     MSGPACK,
     Chains,
@@ -182,21 +183,8 @@ class _Rows:
         return (thread_id, ns, checkpoint["id"], parent_id, type_, data, metadata), encoded
 
     def _writes_statement(self, config, writes, task_id: str, task_path: str) -> tuple[str, list]:
-        configurable = config["configurable"]
-        thread_id, ns = str(configurable["thread_id"]), str(configurable["checkpoint_ns"])
-        checkpoint_id = str(configurable["checkpoint_id"])
-        params: list = []
-        for idx, (channel, value) in enumerate(writes):
-            blob = self.chains.encode_write(self.serde, thread_id, ns, channel, value)
-            params += (thread_id, ns, checkpoint_id, task_id, task_path, WRITES_IDX_MAP.get(channel, idx), channel,
-                       blob.type, blob.data)
-        return _insert_writes(len(writes), all(w[0] in WRITES_IDX_MAP for w in writes)), params
-
-    @staticmethod
-    def _next_config(config, checkpoint) -> RunnableConfig:
-        configurable = config["configurable"]
-        return {"configurable": {"thread_id": configurable["thread_id"], "checkpoint_ns": configurable["checkpoint_ns"],
-                                 "checkpoint_id": checkpoint["id"]}}
+        params, special = write_params(self.chains, self.serde, config, writes, task_id, task_path)
+        return _insert_writes(len(writes), special), params
 
     # -- reading ---------------------------------------------------------------------------------------
 
@@ -435,7 +423,7 @@ class Sqlite(_Rows, SqliteSaver):
             self.setup()
             self.conn.execute(INSERT_CHECKPOINT, row)
         self.chains.remember(row[0], row[1], encoded)
-        return self._next_config(config, checkpoint)
+        return next_config(config, checkpoint)
 
     def put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
                    task_path: str = "") -> None:
@@ -535,7 +523,7 @@ class AsyncSqlite(SyncWrappers, _Rows, AsyncSqliteSaver):
         async with self.lock:
             await self.conn.execute(INSERT_CHECKPOINT, row)
         self.chains.remember(row[0], row[1], encoded)
-        return self._next_config(config, checkpoint)
+        return next_config(config, checkpoint)
 
     async def aput_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
                           task_path: str = "") -> None:
