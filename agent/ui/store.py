@@ -26,19 +26,10 @@ SCAN_BUDGET_S = 1.5
 
 
 @dataclass(frozen=True)
-class ThreadSummary:
+class ThreadSummary(ThreadInfo):
     """A row of the thread list: `threads --json`'s fields and the steps carried out of the plan."""
 
-    thread_id: str
-    status: str
-    question: str
-    answer: str | None
-    updated_at: str | None
-    checkpoints: int
-    branches: int
-    head: str
-    usage: dict
-    steps: str  # "2/4": results of the current plan
+    steps: str = ""  # "2/4": results of the current plan
 
 
 @dataclass(frozen=True)
