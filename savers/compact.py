@@ -367,3 +367,20 @@ def next_config(config: Mapping[str, Any], checkpoint: Mapping[str, Any]) -> dic
     configurable = config["configurable"]
     return {"configurable": {"thread_id": configurable["thread_id"], "checkpoint_ns": configurable["checkpoint_ns"],
                              "checkpoint_id": checkpoint["id"]}}
+
+
+def decode_pending(decoder, writes) -> list[tuple[str, str, Any]]:
+    """A checkpoint's pending writes, decoded, in LangGraph's order (rows: task_id, channel, type, value,
+    task_path, idx)."""
+    from langgraph.checkpoint.base import writes_sort_key
+
+    return [(task_id, channel, decoder.value(channel, type_, value))
+            for task_id, channel, type_, value, _, _ in
+            sorted(writes, key=lambda w: writes_sort_key(w[4], w[0], w[5]))]
+
+
+def unreadable(checkpoint_id: str, thread_id: str, exc: Exception):
+    from savers.errors import StorageError
+
+    return StorageError(f"checkpoint {checkpoint_id} of thread '{thread_id}' cannot be read: {exc} "
+                        "(the thread was deleted or pruned while a run wrote to it)")

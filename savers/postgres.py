@@ -24,7 +24,6 @@ from langgraph.checkpoint.base import (
     CheckpointTuple,
     get_checkpoint_id,
     get_serializable_checkpoint_metadata,
-    writes_sort_key,
 )
 from langgraph.checkpoint.postgres import PostgresSaver
 from langgraph.checkpoint.postgres._ainternal import get_connection as aget_connection
@@ -36,6 +35,8 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from savers.cache import AsyncPostgresCache, PostgresCache
 from savers.compact import (
+    decode_pending,
+    unreadable,
     next_config,
     write_params,
     DELTA,
@@ -271,12 +272,9 @@ class _Rows:
                     values[channel] = decoder.value(channel, *blobs[key])
                     if seed and (tip := decoder.list_tip(channel, key[1], *blobs[key])):
                         tips[channel] = tip
-            pending = [(task_id, channel, decoder.value(channel, type_, value))
-                       for task_id, channel, type_, value, _, _ in
-                       sorted(writes, key=lambda w: writes_sort_key(w[4], w[0], w[5]))]
+            pending = decode_pending(decoder, writes)
         except MissingBase as exc:
-            raise StorageError(f"checkpoint {checkpoint_id} of thread '{thread_id}' cannot be read: {exc} "
-                               "(the thread was deleted or pruned while a run wrote to it)") from None
+            raise unreadable(checkpoint_id, thread_id, exc) from None
         if seed:
             self.chains.seed(thread_id, ns, {key: key[1] for key in blobs}, tips)
         config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint_id}}

@@ -30,6 +30,8 @@ from langgraph.checkpoint.sqlite.utils import search_where
 
 from savers.cache import AsyncSqliteCache, SqliteCache
 from savers.compact import (
+    decode_pending,
+    unreadable,
     next_config,
     write_params,
     DELTA,
@@ -249,12 +251,9 @@ class _Rows:
                 known[(channel, str(versions.get(channel)))] = key
                 if seed and (tip := decoder.list_tip(channel, key, *stored)):
                     tips[channel] = tip
-            pending = [(task_id, channel, decoder.value(channel, type_, value))
-                       for task_id, channel, type_, value, _, _ in
-                       sorted(writes, key=lambda w: writes_sort_key(w[4], w[0], w[5]))]
+            pending = decode_pending(decoder, writes)
         except MissingBase as exc:
-            raise StorageError(f"checkpoint {checkpoint_id} of thread '{thread_id}' cannot be read: {exc} "
-                               "(the thread was deleted or pruned while a run wrote to it)") from None
+            raise unreadable(checkpoint_id, thread_id, exc) from None
         if seed:
             self.chains.seed(thread_id, ns, known, tips)
         config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint_id}}
