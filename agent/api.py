@@ -186,6 +186,13 @@ class _Core:
         self._graphs: dict[str, Any] = {}
         self._lock = threading.Lock()
 
+    def saver_options(self, **overrides):
+        """How to open the database: the settings' compression, the key from AGENT_ENCRYPTION_KEY."""
+        from savers.options import SaverOptions
+
+        return SaverOptions.from_env(compression=None if self.settings.compression == "none"
+                                     else self.settings.compression, **overrides)
+
     def graph(self, spec: str):
         """The compiled graph for a model spec, built once and shared by every thread of the service."""
         with self._lock:
@@ -474,7 +481,8 @@ class Agent(_Base):
         import savers
 
         try:
-            saver = savers.open_saver(self.settings.db, create=self._core.create)
+            saver = savers.open_saver(self.settings.db, create=self._core.create,
+                                      options=self._core.saver_options())
             self._core.saver = self._stack.enter_context(saver)
         except savers.StorageError as exc:
             raise _wrap_storage(exc) from None
@@ -739,7 +747,8 @@ class AsyncAgent(_Base):
         import savers
 
         try:
-            saver = savers.open_async_saver(self.settings.db, create=self._core.create)
+            saver = savers.open_async_saver(self.settings.db, create=self._core.create,
+                                            options=self._core.saver_options())
             self._core.saver = await self._stack.enter_async_context(saver)
         except savers.StorageError as exc:
             raise _wrap_storage(exc) from None

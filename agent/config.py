@@ -24,6 +24,7 @@ ENV = {
     "AGENT_MAX_RETRIES": "max_retries",
     "AGENT_RETRY_DELAY": "retry_delay",
     "AGENT_BUDGET": "budget",
+    "AGENT_COMPRESSION": "compression",
 }
 
 # US dollars per million tokens (OpenAI's list prices for standard requests). A [prices] table in
@@ -73,6 +74,9 @@ class Settings(BaseModel):
     budget: float | None = Field(default=None, gt=0)
     prices: dict[str, ModelPrice] = Field(default_factory=dict)
     retention: Retention | None = None
+    # Compression of newly stored values (see savers.options); the encryption key is never a setting here:
+    # it comes from AGENT_ENCRYPTION_KEY only, so it stays out of files and of printed settings.
+    compression: Literal["none", "zstd", "gzip"] = "none"
 
     def price_of(self, spec: str) -> ModelPrice | None:
         """The price of a model spec ("openai:gpt-4o-mini" or just the name), or None when unknown."""

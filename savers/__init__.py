@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from savers.errors import StorageError
+from savers.options import SaverOptions
 
 if TYPE_CHECKING:
     from langgraph.checkpoint.base import BaseCheckpointSaver
 
-__all__ = ["StorageError", "StorageURL", "parse_url", "open_saver", "open_async_saver", "DEFAULT_URL"]
+__all__ = ["StorageError", "SaverOptions", "StorageURL", "parse_url", "open_saver", "open_async_saver", "DEFAULT_URL"]
 
 DEFAULT_URL = "sqlite:///agent.db"
 SCHEMES = "sqlite:///path.db, memory://, postgresql://user:password@host:port/dbname"
@@ -53,12 +54,14 @@ def parse_url(url: str) -> StorageURL:
 
 
 @contextmanager
-def open_saver(url: str, *, create: bool = True) -> Iterator[BaseCheckpointSaver]:
+def open_saver(url: str, *, create: bool = True, options: SaverOptions | None = None) -> Iterator[BaseCheckpointSaver]:
     """A synchronous saver for `url`, set up and migrated; closed (pool and connections) on exit.
 
     With `create=False` a SQLite file that does not exist is an error instead of a new, empty database.
+    `options`: storage and connection options (savers.options); None reads them from the environment.
     """
     where = parse_url(url)
+    options = SaverOptions.from_env() if options is None else options
     if where.backend == "memory":
         from savers.memory import MemorySaver
 
@@ -66,19 +69,21 @@ def open_saver(url: str, *, create: bool = True) -> Iterator[BaseCheckpointSaver
     elif where.backend == "sqlite":
         from savers.sqlite import open_sqlite
 
-        with open_sqlite(where.target, create=create) as saver:
+        with open_sqlite(where.target, create=create, options=options) as saver:
             yield saver
     else:
         from savers.postgres import open_postgres
 
-        with open_postgres(where.target) as saver:
+        with open_postgres(where.target, options=options) as saver:
             yield saver
 
 
 @asynccontextmanager
-async def open_async_saver(url: str, *, create: bool = True) -> AsyncIterator[BaseCheckpointSaver]:
+async def open_async_saver(url: str, *, create: bool = True,
+                           options: SaverOptions | None = None) -> AsyncIterator[BaseCheckpointSaver]:
     """The asynchronous twin of `open_saver`."""
     where = parse_url(url)
+    options = SaverOptions.from_env() if options is None else options
     if where.backend == "memory":
         from savers.memory import MemorySaver
 
@@ -86,10 +91,10 @@ async def open_async_saver(url: str, *, create: bool = True) -> AsyncIterator[Ba
     elif where.backend == "sqlite":
         from savers.sqlite import open_async_sqlite
 
-        async with open_async_sqlite(where.target, create=create) as saver:
+        async with open_async_sqlite(where.target, create=create, options=options) as saver:
             yield saver
     else:
         from savers.postgres import open_async_postgres
 
-        async with open_async_postgres(where.target) as saver:
+        async with open_async_postgres(where.target, options=options) as saver:
             yield saver

@@ -50,6 +50,7 @@ from savers.compact import (
 )
 from savers.errors import StorageError
 from savers.migrations import amigrate_postgres, migrate_postgres
+from savers.options import SaverOptions
 from savers.threads import SyncWrappers, no_checkpoint, prune_args, refuse_delta_threads, target_exists
 
 # Unreachable servers must fail within seconds, not hang on the OS default (minutes).
@@ -679,7 +680,7 @@ def _pool_kwargs(url: str) -> dict:
 
 
 @contextmanager
-def open_postgres(url: str) -> Iterator[Postgres]:
+def open_postgres(url: str, options: SaverOptions | None = None) -> Iterator[Postgres]:
     from psycopg_pool import ConnectionPool
 
     started = time.monotonic()
@@ -708,7 +709,7 @@ def open_postgres(url: str) -> Iterator[Postgres]:
 
 
 @asynccontextmanager
-async def open_async_postgres(url: str) -> AsyncIterator[AsyncPostgres]:
+async def open_async_postgres(url: str, options: SaverOptions | None = None) -> AsyncIterator[AsyncPostgres]:
     from psycopg_pool import AsyncConnectionPool
 
     started = time.monotonic()

@@ -48,6 +48,7 @@ from savers.compact import (
 )
 from savers.errors import StorageError
 from savers.migrations import amigrate_sqlite, migrate_sqlite
+from savers.options import SaverOptions
 from savers.threads import SyncWrappers, no_checkpoint, prune_args, refuse_delta_threads, target_exists
 
 # Readers (e.g. `history` while a run writes) wait this long for a lock instead of failing at once.
@@ -580,7 +581,7 @@ def _storage_error(path: str, exc: sqlite3.Error) -> StorageError:
 
 
 @contextmanager
-def open_sqlite(path: str, create: bool = True) -> Iterator[Sqlite]:
+def open_sqlite(path: str, create: bool = True, options: SaverOptions | None = None) -> Iterator[Sqlite]:
     absolute = check_path(path, create)
     try:
         # The saver serializes access with its own lock, so one connection may serve many threads.
@@ -602,7 +603,8 @@ def open_sqlite(path: str, create: bool = True) -> Iterator[Sqlite]:
 
 
 @asynccontextmanager
-async def open_async_sqlite(path: str, create: bool = True) -> AsyncIterator[AsyncSqlite]:
+async def open_async_sqlite(path: str, create: bool = True,
+                            options: SaverOptions | None = None) -> AsyncIterator[AsyncSqlite]:
     import aiosqlite
 
     absolute = check_path(path, create)
