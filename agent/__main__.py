@@ -91,6 +91,10 @@ def _guard(debug: bool, body: Callable[[], int]) -> None:
     except (typer.Exit, typer.Abort):
         raise
     except Exception as exc:  # a bug or an unforeseen fault: still one line, unless asked for more
+        from savers.errors import StorageError
+
+        if isinstance(exc, StorageError) and not debug:  # met while reading: a crafted or corrupt row
+            _fail(str(exc), AgentError.exit_code)
         if debug or os.environ.get("AGENT_DEBUG"):
             raise
         _fail(f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", EXIT_FAILED)
@@ -204,12 +208,12 @@ def _exit_on_ctrl_c(progress: _Progress, thread: str, db: str) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
-def _open_agent(flags: dict[str, Any], create: bool = True):
+def _open_agent(flags: dict[str, Any], create: bool = True, plaintext_ok: bool = False):
     """An Agent from the command's flags (None where not given: config and defaults fill in)."""
     from agent.api import Agent
     from agent.models import make_model
 
-    agent = Agent(create=create, **flags)
+    agent = Agent(create=create, plaintext_ok=plaintext_ok, **flags)
     if agent.settings.model:
         make_model(agent.settings.model)  # a missing API key is reported before the database is touched
     return agent
@@ -643,7 +647,10 @@ def migrate(
     def body() -> int:
         from rich.progress import Progress
 
-        with _open_agent({"db": source}, create=False) as origin, _open_agent({"db": target}) as destination:
+        # The source may be a plaintext database even when AGENT_ENCRYPTION_KEY is set: that is how one
+        # encrypts a database - migrate it into a new one with the key.
+        with _open_agent({"db": source}, create=False, plaintext_ok=True) as origin, \
+                _open_agent({"db": target}) as destination:
             total = sum(t.checkpoints for t in origin.threads() if not threads_ or t.thread_id in threads_)
             with Progress(console=_console(stderr=True), disable=as_json) as bar:
                 task = bar.add_task("migrate", total=total)

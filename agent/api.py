@@ -181,6 +181,7 @@ class _Core:
             check_spec(settings.model)
             self.check_price(settings, settings.model)
         self.create = create
+        self.plaintext_ok = False
         self.settings = settings
         self.saver: Any = None
         self._graphs: dict[str, Any] = {}
@@ -191,7 +192,7 @@ class _Core:
         from savers.options import SaverOptions
 
         return SaverOptions.from_env(compression=None if self.settings.compression == "none"
-                                     else self.settings.compression, **overrides)
+                                     else self.settings.compression, plaintext_ok=self.plaintext_ok, **overrides)
 
     def graph(self, spec: str):
         """The compiled graph for a model spec, built once and shared by every thread of the service."""
@@ -459,8 +460,12 @@ class _Base:
     _stack_type: type
 
     def __init__(self, db: str | None = None, model: str | None = None, *,
-                 settings: Settings | None = None, create: bool = True, **overrides: Any):
+                 settings: Settings | None = None, create: bool = True, plaintext_ok: bool = False,
+                 **overrides: Any):
+        """`plaintext_ok`: with AGENT_ENCRYPTION_KEY set, still open a database written without encryption
+        (as it is: unencrypted) - for reading one, e.g. as the source of a `migrate` that encrypts it."""
         self._core = _Core(db, model, settings, overrides, create)
+        self._core.plaintext_ok = plaintext_ok
         self._stack = self._stack_type()
 
     @property

@@ -10,6 +10,8 @@ import json
 import threading
 from typing import Any
 
+from savers.compact import encrypted, seal, unseal
+
 _GET = "SELECT value FROM agent_llm_cache WHERE key = {p}"
 _FORGET = "DELETE FROM agent_llm_cache WHERE thread_id = {p}"
 # The first reply stored for a request is kept: replays must see what the original run saw.
@@ -17,15 +19,34 @@ _PUT = ("INSERT INTO agent_llm_cache (key, model, thread_id, value) VALUES ({p},
         "ON CONFLICT (key) DO NOTHING")
 
 
-def _decode(row: Any) -> dict | None:
+# A reply stored under a serializer that compresses or encrypts (savers.serde): this prefix, its type, then
+# base64 of its bytes. A plain reply is a JSON object, so it starts with "{".
+SEALED_PREFIX = "~"
+
+
+def _decode(row: Any, serde=None) -> dict | None:
     if row is None:
         return None
     value = row["value"] if isinstance(row, dict) else row[0]
+    if value.startswith(SEALED_PREFIX):
+        import base64
+
+        type_, _, data = value[len(SEALED_PREFIX):].partition(":")
+        return json.loads(unseal(serde, type_, base64.b64decode(data))[1])
+    if encrypted(serde):
+        unseal(serde, "json", value.encode())  # refuses a plain reply where encryption is on, like any row
     return json.loads(value)
 
 
-def _params(key: str, model: str, thread_id: str | None, value: dict) -> tuple:
-    return key, model, thread_id, json.dumps(value, sort_keys=True)
+def _params(key: str, model: str, thread_id: str | None, value: dict, serde=None) -> tuple:
+    text = json.dumps(value, sort_keys=True)
+    if serde is not None:
+        type_, data = seal(serde, "json", text.encode())
+        if type_ != "json":
+            import base64
+
+            text = f"{SEALED_PREFIX}{type_}:{base64.b64encode(data).decode()}"
+    return key, model, thread_id, text
 
 
 class MemoryCache:
@@ -62,19 +83,29 @@ class MemoryCache:
         self.forget(thread_id)
 
 
-class SqliteCache:
+class _Sealed:
+    """The saver's serializer, read at each use (the saver learns it from its database after it is built)."""
+
+    saver: Any = None
+
+    @property
+    def serde(self) -> Any:
+        return getattr(self.saver, "serde", None)
+
+
+class SqliteCache(_Sealed):
     """Shares the saver's connection and lock, so it is as thread-safe as the saver."""
 
-    def __init__(self, conn, lock: threading.Lock) -> None:
-        self.conn, self.lock = conn, lock
+    def __init__(self, conn, lock: threading.Lock, saver=None) -> None:
+        self.conn, self.lock, self.saver = conn, lock, saver
 
     def get(self, key: str) -> dict | None:
         with self.lock:
-            return _decode(self.conn.execute(_GET.format(p="?"), (key,)).fetchone())
+            return _decode(self.conn.execute(_GET.format(p="?"), (key,)).fetchone(), self.serde)
 
     def put(self, key: str, model: str, thread_id: str | None, value: dict) -> None:
         with self.lock:
-            self.conn.execute(_PUT.format(p="?"), _params(key, model, thread_id, value))
+            self.conn.execute(_PUT.format(p="?"), _params(key, model, thread_id, value, self.serde))
             self.conn.commit()
 
     def forget(self, thread_id: str) -> None:
@@ -83,18 +114,18 @@ class SqliteCache:
             self.conn.commit()
 
 
-class AsyncSqliteCache:
-    def __init__(self, conn, lock: asyncio.Lock) -> None:
-        self.conn, self.lock = conn, lock
+class AsyncSqliteCache(_Sealed):
+    def __init__(self, conn, lock: asyncio.Lock, saver=None) -> None:
+        self.conn, self.lock, self.saver = conn, lock, saver
 
     async def aget(self, key: str) -> dict | None:
         async with self.lock:
             async with self.conn.execute(_GET.format(p="?"), (key,)) as cur:
-                return _decode(await cur.fetchone())
+                return _decode(await cur.fetchone(), self.serde)
 
     async def aput(self, key: str, model: str, thread_id: str | None, value: dict) -> None:
         async with self.lock:
-            await self.conn.execute(_PUT.format(p="?"), _params(key, model, thread_id, value))
+            await self.conn.execute(_PUT.format(p="?"), _params(key, model, thread_id, value, self.serde))
             await self.conn.commit()
 
     async def aforget(self, thread_id: str) -> None:
@@ -103,36 +134,36 @@ class AsyncSqliteCache:
             await self.conn.commit()
 
 
-class PostgresCache:
+class PostgresCache(_Sealed):
     """Takes connections from the saver's pool (autocommit)."""
 
-    def __init__(self, pool) -> None:
-        self.pool = pool
+    def __init__(self, pool, saver=None) -> None:
+        self.pool, self.saver = pool, saver
 
     def get(self, key: str) -> dict | None:
         with self.pool.connection() as conn:
-            return _decode(conn.execute(_GET.format(p="%s"), (key,)).fetchone())
+            return _decode(conn.execute(_GET.format(p="%s"), (key,)).fetchone(), self.serde)
 
     def put(self, key: str, model: str, thread_id: str | None, value: dict) -> None:
         with self.pool.connection() as conn:
-            conn.execute(_PUT.format(p="%s"), _params(key, model, thread_id, value))
+            conn.execute(_PUT.format(p="%s"), _params(key, model, thread_id, value, self.serde))
 
     def forget(self, thread_id: str) -> None:
         with self.pool.connection() as conn:
             conn.execute(_FORGET.format(p="%s"), (thread_id,))
 
 
-class AsyncPostgresCache:
-    def __init__(self, pool) -> None:
-        self.pool = pool
+class AsyncPostgresCache(_Sealed):
+    def __init__(self, pool, saver=None) -> None:
+        self.pool, self.saver = pool, saver
 
     async def aget(self, key: str) -> dict | None:
         async with self.pool.connection() as conn:
-            return _decode(await (await conn.execute(_GET.format(p="%s"), (key,))).fetchone())
+            return _decode(await (await conn.execute(_GET.format(p="%s"), (key,))).fetchone(), self.serde)
 
     async def aput(self, key: str, model: str, thread_id: str | None, value: dict) -> None:
         async with self.pool.connection() as conn:
-            await conn.execute(_PUT.format(p="%s"), _params(key, model, thread_id, value))
+            await conn.execute(_PUT.format(p="%s"), _params(key, model, thread_id, value, self.serde))
 
     async def aforget(self, thread_id: str) -> None:
         async with self.pool.connection() as conn:

@@ -40,6 +40,86 @@ MAX_THREADS = 512
 MAX_TIP_BYTES = 4 << 20
 
 
+# -- storage options: the savers encode values with the inner serializer (so list deltas compare plain msgpack)
+# and seal (compress, encrypt: savers.serde.Serializer) whatever becomes a row or column of its own. In memory
+# - decoders, delta bases, tips - a value is always its inner (type, bytes).
+
+
+def inner_of(serde) -> Any:
+    """The serializer that makes plain msgpack (ours wraps one; another saver's serde is its own inner)."""
+    return getattr(serde, "inner", serde)
+
+
+def seal(serde, type_: str, data: bytes) -> tuple[str, bytes]:
+    return serde.seal(type_, data) if hasattr(serde, "seal") else (type_, data)
+
+
+def unseal(serde, type_: str, data: bytes) -> tuple[str, bytes]:
+    return serde.unseal(type_, data) if hasattr(serde, "unseal") else (type_, data)
+
+
+def encrypted(serde) -> bool:
+    return bool(getattr(serde, "encrypted", False))
+
+
+# Metadata keys the savers, LangGraph and our commands filter and sort on: with encryption on they stay in
+# clear; every other key (the record of a `fork --set` edit, a caller's own metadata) is sealed into SEALED.
+CLEAR_METADATA = frozenset({"source", "step", "parents", "run_id", "thread_id", "checkpoint_ns", "model", "run",
+                            "as_node", "branch_of", "counters_since_delta_snapshot"})
+SEALED = "sealed"
+
+
+def sealing(serde) -> bool:
+    """Whether values are compressed or encrypted: then a JSON column holds a sealed text (sealed_text)."""
+    return encrypted(serde) or bool(getattr(serde, "compression", None))
+
+
+def sealed_text(serde, value: Any) -> str:
+    """A value serialized and sealed, as text a JSON column can hold: "type:base64"."""
+    import base64
+
+    type_, data = serde.dumps_typed(value)
+    return f"{type_}:{base64.b64encode(data).decode()}"
+
+
+def open_sealed(serde, text: str) -> Any:
+    import base64
+
+    type_, _, data = text.partition(":")
+    return serde.loads_typed((type_, base64.b64decode(data)))
+
+
+def seal_metadata(serde, metadata: Mapping[str, Any]) -> dict[str, Any]:
+    if not encrypted(serde):
+        return dict(metadata)
+    clear = {k: v for k, v in metadata.items() if k in CLEAR_METADATA}
+    private = {k: v for k, v in metadata.items() if k not in CLEAR_METADATA}
+    if private:
+        clear[SEALED] = sealed_text(serde, private)
+    return clear
+
+
+def unseal_metadata(serde, metadata: dict[str, Any]) -> dict[str, Any]:
+    """Metadata as it was put (the sealed keys restored); a sealed value without the key is an error."""
+    sealed = metadata.get(SEALED) if isinstance(metadata, dict) else None
+    if not isinstance(sealed, str) or ":" not in sealed:
+        return metadata
+    rest = {k: v for k, v in metadata.items() if k != SEALED}
+    return {**rest, **open_sealed(serde, sealed)}
+
+
+def split_filter(serde, filter: Mapping[str, Any] | None) -> tuple[dict | None, dict]:
+    """(what SQL can filter on, what must be checked after unsealing the metadata)."""
+    if not filter or not encrypted(serde):
+        return (dict(filter) if filter else filter), {}
+    return ({k: v for k, v in filter.items() if k in CLEAR_METADATA},
+            {k: v for k, v in filter.items() if k not in CLEAR_METADATA})
+
+
+def matches(metadata: Mapping[str, Any], filter: Mapping[str, Any]) -> bool:
+    return all(metadata.get(k) == v for k, v in filter.items())
+
+
 def is_inline(value: Any) -> bool:
     """Values cheap enough to repeat in every checkpoint, and that JSON (Postgres' jsonb) holds exactly."""
     if value is None or isinstance(value, (bool, int)):
@@ -306,18 +386,20 @@ class MissingBase(LookupError):
 
 class Decoder:
     """Turns stored (type, bytes) into values, resolving deltas against `blobs`: (channel, key) ->
-    (type, bytes), which must hold every base on the way (the savers fetch them recursively)."""
+    (type, bytes), which must hold every base on the way (the savers fetch them recursively). Everything it
+    is given is already unsealed (the inner serializer's bytes)."""
 
     def __init__(self, serde, blobs: Mapping[tuple[str, str], tuple[str, bytes]]) -> None:
-        self.serde = serde
+        # Ours refuses types strict mode would not build; another saver's serde loads as it loads.
+        self.load = getattr(serde, "load_inner", None) or (lambda type_, data: inner_of(serde).loads_typed((type_, data)))
         self.blobs = blobs
         self._bodies: dict[tuple[str, str], tuple[int, bytes]] = {}
 
     def value(self, channel: str, type_: str, data: bytes) -> Any:
         if type_ != DELTA:
-            return self.serde.loads_typed((type_, data))
+            return self.load(type_, data)
         n, body = self.body(channel, type_, data)
-        return self.serde.loads_typed((MSGPACK, _array_header(n) + body))
+        return self.load(MSGPACK, _array_header(n) + body)
 
     def body(self, channel: str, type_: str, data: bytes) -> tuple[int, bytes]:
         """(n_items, concatenated item bytes) of a stored list."""
@@ -356,9 +438,9 @@ def write_params(chains, serde, config: Mapping[str, Any], writes, task_id: str,
     checkpoint_id = str(configurable["checkpoint_id"])
     params: list = []
     for idx, (channel, value) in enumerate(writes):
-        blob = chains.encode_write(serde, thread_id, ns, channel, value)
+        blob = chains.encode_write(inner_of(serde), thread_id, ns, channel, value)
         params += (thread_id, ns, checkpoint_id, task_id, task_path, WRITES_IDX_MAP.get(channel, idx), channel,
-                   blob.type, blob.data)
+                   *seal(serde, blob.type, blob.data))
     return params, all(w[0] in WRITES_IDX_MAP for w in writes)
 
 

@@ -168,6 +168,21 @@ def _pg_key_parts(key: int) -> tuple[int, int]:
     return unsigned >> 32, unsigned & 0xFFFFFFFF
 
 
+# Released explicitly before the connection closes: the server drops a closed session's locks only when its
+# backend notices the disconnect, a moment later - long enough for the next run on the thread to find it busy.
+_PG_UNLOCK = "SELECT pg_advisory_unlock(%s)"
+
+
+def _unlock(conn, thread: str) -> None:
+    import psycopg
+
+    if not conn.closed:
+        try:
+            conn.execute(_PG_UNLOCK, (advisory_key(thread),))
+        except psycopg.Error:
+            pass  # the session is gone, and its locks with it
+
+
 class PostgresLocks:
     """Each held lock has its own connection, outside the saver's pool, so long runs cannot starve it."""
 
@@ -182,7 +197,10 @@ class PostgresLocks:
             row = conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (advisory_key(thread),)).fetchone()
             if not (row["ok"] if isinstance(row, dict) else row[0]):
                 raise _busy(thread)
-            yield  # closing the connection ends the session, which releases the lock
+            try:
+                yield
+            finally:
+                _unlock(conn, thread)
 
     def running(self, threads: list[str]) -> set[str]:
         with self.pool.connection() as conn:
@@ -204,7 +222,14 @@ class AsyncPostgresLocks:
                                             (advisory_key(thread),))).fetchone()
             if not (row["ok"] if isinstance(row, dict) else row[0]):
                 raise _busy(thread)
-            yield
+            try:
+                yield
+            finally:
+                if not conn.closed:
+                    try:
+                        await conn.execute(_PG_UNLOCK, (advisory_key(thread),))
+                    except psycopg.Error:
+                        pass
 
     async def arunning(self, threads: list[str]) -> set[str]:
         async with self.pool.connection() as conn:

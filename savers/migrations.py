@@ -38,6 +38,13 @@ SQLITE = [
         pid INTEGER NOT NULL,
         expires_at REAL NOT NULL
     )""",
+    # Encryption at rest (savers/keyring.py): the database's random salt for the key derivation, and a value
+    # encrypted with the key, to tell a wrong key at open. One row, written with the first encrypted open.
+    """CREATE TABLE IF NOT EXISTS agent_keyring (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        salt BLOB NOT NULL,
+        proof BLOB NOT NULL
+    )""",
 ]
 
 POSTGRES = [
@@ -52,6 +59,11 @@ POSTGRES = [
     "CREATE INDEX IF NOT EXISTS agent_llm_cache_thread ON agent_llm_cache (thread_id)",
     # The version a stored value extends when it is a delta (savers/compact.py); NULL for a whole value.
     "ALTER TABLE checkpoint_blobs ADD COLUMN IF NOT EXISTS base TEXT",
+    """CREATE TABLE IF NOT EXISTS agent_keyring (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        salt BYTEA NOT NULL,
+        proof BYTEA NOT NULL
+    )""",
 ]
 
 # Two processes starting at once against a fresh Postgres must not both run the same migration.

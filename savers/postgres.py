@@ -44,11 +44,23 @@ from savers.compact import (
     Decoder,
     MissingBase,
     delta_base,
+    inner_of,
+    open_sealed,
+    matches,
     pack_versions,
+    seal,
+    seal_metadata,
+    sealed_text,
+    sealing,
+    split_filter,
     split_values,
     unpack_versions,
+    unseal,
+    unseal_metadata,
 )
 from savers.errors import StorageError
+from savers.serde import Serializer
+from savers.keyring import arun_plan, run_plan, serde_plan
 from savers.migrations import amigrate_postgres, migrate_postgres
 from savers.options import SaverOptions
 from savers.threads import SyncWrappers, no_checkpoint, prune_args, refuse_delta_threads, target_exists
@@ -190,6 +202,10 @@ async def _anull() -> AsyncIterator[None]:
     yield
 
 
+# The key of the checkpoint column's only entry when values are sealed (compressed or encrypted).
+SEALED_CHECKPOINT = "~sealed"
+
+
 def _jsonb(value: Any) -> Jsonb:
     return Jsonb(value, dumps=_dumps)
 
@@ -199,9 +215,17 @@ def _dumps(value: Any) -> bytes:
 
 
 class _Rows:
-    """Rows in and out of the Postgres tables, shared by the sync and async savers (which only do the I/O)."""
+    """Rows in and out of the Postgres tables, shared by the sync and async savers (which only do the I/O).
+
+    Values stored apart (checkpoint_blobs) and writes are sealed (compressed, encrypted) one by one. The
+    checkpoint column is jsonb: when values are sealed it holds {SEALED_CHECKPOINT: sealed text} (no SQL reads
+    inside it), and with encryption on metadata keeps in clear only the keys filters need
+    (savers.compact.CLEAR_METADATA)."""
 
     serde: Any
+
+    def __init__(self, conn, *args, serde=None, **kwargs) -> None:
+        super().__init__(conn, *args, serde=serde or Serializer(), **kwargs)
 
     @cached_property
     def chains(self) -> Chains:
@@ -214,13 +238,14 @@ class _Rows:
         thread_id, ns = str(configurable["thread_id"]), configurable["checkpoint_ns"]
         inline, apart = split_values(checkpoint["channel_values"])
         versions = checkpoint["channel_versions"]
-        encoded = self.chains.encode_checkpoint(self.serde, thread_id, ns, apart, versions, new_versions)
+        encoded = self.chains.encode_checkpoint(inner_of(self.serde), thread_id, ns, apart, versions, new_versions)
         params: list = []
         for channel, blob in encoded.blobs.items():
-            params += (thread_id, ns, channel, str(versions[channel]), blob.type, blob.data, blob.base)
+            params += (thread_id, ns, channel, str(versions[channel]), *seal(self.serde, blob.type, blob.data),
+                       blob.base)
         params += (thread_id, ns, checkpoint["id"], configurable.get("checkpoint_id"),
-                   _jsonb(pack_versions({**checkpoint, "channel_values": inline})),
-                   _jsonb(get_serializable_checkpoint_metadata(config, metadata)))
+                   self._checkpoint_column(pack_versions({**checkpoint, "channel_values": inline})),
+                   _jsonb(seal_metadata(self.serde, get_serializable_checkpoint_metadata(config, metadata))))
         return put_sql(len(encoded.blobs)), params, encoded
 
     def _writes_params(self, config, writes, task_id: str, task_path: str) -> tuple[str, list]:
@@ -229,14 +254,23 @@ class _Rows:
 
     # -- reading ---------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _unpacked(rows) -> list:
-        return [{**row, "checkpoint": unpack_versions(dict(row["checkpoint"]))} for row in rows]
+    def _checkpoint_column(self, compact: dict) -> Jsonb:
+        return _jsonb({SEALED_CHECKPOINT: sealed_text(self.serde, compact)} if sealing(self.serde) else compact)
 
-    @staticmethod
-    def _raw_writes(row) -> list[tuple]:
-        """(task_id, channel, type, blob, task_path, idx) of a row's pending writes."""
-        return [(t.decode(), c.decode(), ty.decode(), v, p.decode(), int(i)) for t, c, ty, v, p, i in row["writes"] or []]
+    def _unpacked(self, rows) -> list:
+        """Rows with their checkpoint column opened (unsealed) and versions unpacked."""
+        return [{**row, "checkpoint": unpack_versions(self._open_checkpoint(row["checkpoint"]))} for row in rows]
+
+    def _open_checkpoint(self, column: dict) -> dict:
+        if isinstance(sealed := column.get(SEALED_CHECKPOINT), str):
+            return dict(open_sealed(self.serde, sealed))
+        unseal(self.serde, "jsonb", b"")  # where encryption is on, a plaintext checkpoint is refused
+        return dict(column)
+
+    def _raw_writes(self, row) -> list[tuple]:
+        """(task_id, channel, type, blob, task_path, idx) of a row's pending writes, unsealed."""
+        return [(t.decode(), c.decode(), *unseal(self.serde, ty.decode(), v), p.decode(), int(i))
+                for t, c, ty, v, p, i in row["writes"] or []]
 
     @staticmethod
     def _wanted(rows, writes_by_row) -> dict[str, list]:
@@ -252,11 +286,11 @@ class _Rows:
         return {"thread_id": rows[0]["thread_id"] if rows else "", "ns": ns, "channels": channels,
                 "versions": versions}
 
-    @staticmethod
-    def _blob_map(blob_rows) -> dict:
+    def _blob_map(self, blob_rows) -> dict:
         by_ns: dict[str, dict] = {}
         for r in blob_rows:
-            by_ns.setdefault(r["checkpoint_ns"], {})[(r["channel"], r["version"])] = (r["type"], r["blob"])
+            stored = (r["type"], r["blob"]) if r["type"] == "empty" else unseal(self.serde, r["type"], r["blob"])
+            by_ns.setdefault(r["checkpoint_ns"], {})[(r["channel"], r["version"])] = stored
         return by_ns
 
     def _tuple(self, row, writes, blobs_by_ns: dict, *, seed: bool) -> CheckpointTuple:
@@ -282,7 +316,24 @@ class _Rows:
         parent_id = row["parent_checkpoint_id"]
         parent = ({"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": parent_id}}
                   if parent_id else None)
-        return CheckpointTuple(config, {**checkpoint, "channel_values": values}, row["metadata"], parent, pending)
+        return CheckpointTuple(config, {**checkpoint, "channel_values": values},
+                               unseal_metadata(self.serde, row["metadata"]), parent, pending)
+
+    def _list_query(self, config, filter, before, limit) -> tuple[str, list, dict]:
+        """The list query, and the filter on sealed metadata keys left to apply after reading (then the
+        limit is applied after it too)."""
+        filter, sealed = split_filter(self.serde, filter)
+        where, args = self._search_where(config, filter, before)
+        if limit is None or sealed:
+            return _SELECT + where + " ORDER BY checkpoint_id DESC", list(args), sealed
+        return _SELECT + where + " ORDER BY checkpoint_id DESC LIMIT %s", [*args, int(limit)], sealed
+
+    @staticmethod
+    def _listed(rows, loaded: dict, sealed: dict, limit: int | None) -> list[CheckpointTuple]:
+        tuples = [tup for row in rows
+                  if matches((tup := loaded[(row["thread_id"], row["checkpoint_ns"], row["checkpoint_id"])]).metadata,
+                             sealed)]
+        return tuples if limit is None else tuples[:limit]
 
     def _tuples(self, rows, blob_rows, *, seed: bool) -> list[CheckpointTuple]:
         blobs = self._blob_map(blob_rows)
@@ -295,16 +346,18 @@ class _Rows:
         inline = checkpoint.get("channel_values") or {}
         values = tup.checkpoint["channel_values"]
         apart = {c: values[c] for c in checkpoint["channel_versions"] if c not in inline and c in values}
-        encoded = self.chains.encode_checkpoint(self.serde, thread_id, ns, apart, checkpoint["channel_versions"], {},
-                                                full=True)
-        statements = [(INSERT_BLOB_SQL, (thread_id, ns, c, str(checkpoint["channel_versions"][c]), b.type, b.data))
+        encoded = self.chains.encode_checkpoint(inner_of(self.serde), thread_id, ns, apart,
+                                                checkpoint["channel_versions"], {}, full=True)
+        statements = [(INSERT_BLOB_SQL, (thread_id, ns, c, str(checkpoint["channel_versions"][c]),
+                                         *seal(self.serde, b.type, b.data)))
                       for c, b in encoded.blobs.items()]
-        statements.append((INSERT_CHECKPOINT_SQL, (thread_id, ns, row["checkpoint_id"], _jsonb(pack_versions(checkpoint)),
+        statements.append((INSERT_CHECKPOINT_SQL, (thread_id, ns, row["checkpoint_id"],
+                                                   self._checkpoint_column(pack_versions(checkpoint)),
                                                    _jsonb(row["metadata"]))))
         decoder = Decoder(self.serde, writes_blobs.get(ns, {}))
         for task_id, channel, type_, value, task_path, idx in self._raw_writes(row):
-            if type_ == DELTA:
-                type_, value = self.serde.dumps_typed(decoder.value(channel, type_, value))
+            type_, value = self.serde.dumps_typed(decoder.value(channel, type_, value)) if type_ == DELTA \
+                else seal(self.serde, type_, value)
             statements.append((INSERT_WRITE_SQL, (thread_id, ns, row["checkpoint_id"], task_id, task_path, idx,
                                                   channel, type_, value)))
         return statements
@@ -322,7 +375,7 @@ class Postgres(_Rows, PostgresSaver):
 
     @cached_property
     def response_cache(self) -> PostgresCache:
-        return PostgresCache(self.conn)
+        return PostgresCache(self.conn, self)
 
     _own: psycopg.Connection | None = None
 
@@ -381,9 +434,7 @@ class Postgres(_Rows, PostgresSaver):
 
     def list(self, config: RunnableConfig | None, *, filter: dict[str, Any] | None = None,
              before: RunnableConfig | None = None, limit: int | None = None) -> Iterator[CheckpointTuple]:
-        where, args = self._search_where(config, filter, before)
-        query = _SELECT + where + " ORDER BY checkpoint_id DESC" + (" LIMIT %s" if limit is not None else "")
-        params = [*args, int(limit)] if limit is not None else list(args)
+        query, params, sealed = self._list_query(config, filter, before, limit)
         with self._cursor() as cur:
             rows = cur.execute(query, params).fetchall()
             by_thread: dict[str, list] = {}
@@ -393,8 +444,8 @@ class Postgres(_Rows, PostgresSaver):
             for thread_rows in by_thread.values():
                 for row, tup in zip(thread_rows, self._load(cur, thread_rows, seed=False)):
                     loaded[(row["thread_id"], row["checkpoint_ns"], row["checkpoint_id"])] = tup
-        for row in rows:
-            yield loaded[(row["thread_id"], row["checkpoint_ns"], row["checkpoint_id"])]
+        for tup in self._listed(rows, loaded, sealed, limit):
+            yield tup
 
     def put(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
             new_versions: ChannelVersions) -> RunnableConfig:
@@ -484,7 +535,7 @@ class AsyncPostgres(SyncWrappers, _Rows, AsyncPostgresSaver):
 
     @cached_property
     def response_cache(self) -> AsyncPostgresCache:
-        return AsyncPostgresCache(self.conn)
+        return AsyncPostgresCache(self.conn, self)
 
     _own: psycopg.AsyncConnection | None = None
 
@@ -542,9 +593,7 @@ class AsyncPostgres(SyncWrappers, _Rows, AsyncPostgresSaver):
 
     async def alist(self, config: RunnableConfig | None, *, filter: dict[str, Any] | None = None,
                     before: RunnableConfig | None = None, limit: int | None = None) -> AsyncIterator[CheckpointTuple]:
-        where, args = self._search_where(config, filter, before)
-        query = _SELECT + where + " ORDER BY checkpoint_id DESC" + (" LIMIT %s" if limit is not None else "")
-        params = [*args, int(limit)] if limit is not None else list(args)
+        query, params, sealed = self._list_query(config, filter, before, limit)
         async with self._cursor() as cur:
             rows = await (await cur.execute(query, params)).fetchall()
             by_thread: dict[str, list] = {}
@@ -554,8 +603,8 @@ class AsyncPostgres(SyncWrappers, _Rows, AsyncPostgresSaver):
             for thread_rows in by_thread.values():
                 for row, tup in zip(thread_rows, await self._load(cur, thread_rows, seed=False)):
                     loaded[(row["thread_id"], row["checkpoint_ns"], row["checkpoint_id"])] = tup
-        for row in rows:
-            yield loaded[(row["thread_id"], row["checkpoint_ns"], row["checkpoint_id"])]
+        for tup in self._listed(rows, loaded, sealed, limit):
+            yield tup
 
     async def aput(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
                    new_versions: ChannelVersions) -> RunnableConfig:
@@ -668,6 +717,20 @@ async def _acheck_alive(conn: psycopg.AsyncConnection) -> None:
         raise psycopg.OperationalError("the server closed the connection")
 
 
+def _fetch_all(conn):
+    def execute(sql: str, params) -> list:
+        cur = conn.execute(sql, params)
+        return cur.fetchall() if cur.description else []
+    return execute
+
+
+def _afetch_all(conn):
+    async def execute(sql: str, params) -> list:
+        cur = await conn.execute(sql, params)
+        return await cur.fetchall() if cur.description else []
+    return execute
+
+
 def _pool_kwargs(url: str) -> dict:
     return {
         "conninfo": url,
@@ -700,6 +763,8 @@ def open_postgres(url: str, options: SaverOptions | None = None) -> Iterator[Pos
                 while not guard.execute(TRY_SETUP_LOCK, (SETUP_LOCK_KEY,)).fetchone()[0]:
                     _wait_for_setup(url, started)
                 saver.setup()
+                saver.serde = run_plan(serde_plan(options or SaverOptions(), f"Postgres at {_where(url)}", "%s"),
+                                       _fetch_all(guard))
         except psycopg.Error as exc:
             raise StorageError(f"cannot set up the Postgres schema at {_where(url)}: {exc}") from exc
         yield saver
@@ -726,6 +791,8 @@ async def open_async_postgres(url: str, options: SaverOptions | None = None) -> 
                 while not (await (await guard.execute(TRY_SETUP_LOCK, (SETUP_LOCK_KEY,))).fetchone())[0]:
                     await asyncio.sleep(_wait_for_setup(url, started, sleep=False))
                 await saver.setup()
+                saver.serde = await arun_plan(serde_plan(options or SaverOptions(), f"Postgres at {_where(url)}", "%s"),
+                                              _afetch_all(guard))
         except psycopg.Error as exc:
             raise StorageError(f"cannot set up the Postgres schema at {_where(url)}: {exc}") from exc
         yield saver

@@ -8,6 +8,7 @@ import functools
 import gzip
 import hashlib
 import hmac
+import logging
 import os
 import threading
 import unicodedata
@@ -191,6 +192,54 @@ class Cipher:
             raise _altered() from None
 
 
+# -- strict loading ----------------------------------------------------------------------------------------
+
+_watch = threading.local()
+_listening = False
+_listen_lock = threading.Lock()
+
+
+def _on_serde_event(event: dict) -> None:
+    if getattr(_watch, "blocked", None) is not None and "blocked" in event.get("kind", ""):
+        _watch.blocked.append(f"{event.get('module')}.{event.get('name')}")
+
+
+class _ReportedByUs(logging.Filter):
+    """Drops LangGraph's warning about a blocked type while we load a value: we refuse it with our own error,
+    so a person at a terminal sees one line, not a warning and then the error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return getattr(_watch, "blocked", None) is None or not str(record.msg).startswith("Blocked deserialization")
+
+
+def strict_loads(serde: SerializerProtocol, type_: str, data: bytes) -> tuple[Any, list[str]]:
+    """Load a value; also say which types it named that strict mode refused to build (LangGraph downgrades
+    those to plain data with a warning and an event; we listen for the event)."""
+    global _listening
+    if not _listening:
+        with _listen_lock:
+            if not _listening:
+                from langgraph.checkpoint.serde.event_hooks import register_serde_event_listener
+
+                register_serde_event_listener(_on_serde_event)
+                logging.getLogger("langgraph.checkpoint.serde.jsonplus").addFilter(_ReportedByUs())
+                _listening = True
+    outer, _watch.blocked = getattr(_watch, "blocked", None), []
+    try:
+        return serde.loads_typed((type_, data)), _watch.blocked
+    finally:
+        _watch.blocked = outer
+
+
+# What the inner serializer writes for our values: msgpack, and its special cases for None and bytes. JSON
+# ("json": LangChain's constructor format) and pickle are never loaded, whatever a row says.
+LOADED_TYPES = ("msgpack", "null", "bytes", "bytearray")
+
+
+class BlockedType(StorageError):
+    """A stored value names a type that is never rebuilt from storage (only LangGraph's safe types are)."""
+
+
 # -- the serializer ----------------------------------------------------------------------------------------
 
 
@@ -225,7 +274,21 @@ class Serializer(SerializerProtocol):
         return self.seal(*self.inner.dumps_typed(obj))
 
     def loads_typed(self, data: tuple[str, bytes]) -> Any:
-        return self.inner.loads_typed(self.unseal(*data))
+        """The value; a value naming a type strict mode will not build is refused (BlockedType), never
+        handed on as a look-alike of plain data - and nothing it names is imported or called."""
+        return self.load_inner(*self.unseal(*data))
+
+    def load_inner(self, type_: str, data: bytes) -> Any:
+        """loads_typed of an unsealed value (the inner serializer's type and bytes)."""
+        if type_ not in LOADED_TYPES:
+            raise BlockedType(f"a stored value has type {type_!r}, which is never loaded from storage (only "
+                              f"{', '.join(LOADED_TYPES)}): the row was crafted or written by other code")
+        value, blocked = strict_loads(self.inner, type_, data)
+        if blocked:
+            raise BlockedType(f"a stored value names types that are never loaded from storage "
+                              f"({', '.join(sorted(set(blocked)))}): the row was crafted or written by other "
+                              "code; it was not loaded")
+        return value
 
     def seal(self, type_: str, data: bytes) -> tuple[str, bytes]:
         """Compress and encrypt bytes the inner serializer made (for savers that encode values themselves)."""

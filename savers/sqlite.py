@@ -42,11 +42,20 @@ from savers.compact import (
     MissingBase,
     delta_base,
     dump_metadata,
+    inner_of,
+    matches,
     pack_versions,
+    seal,
+    seal_metadata,
+    split_filter,
     split_values,
     unpack_versions,
+    unseal,
+    unseal_metadata,
 )
 from savers.errors import StorageError
+from savers.serde import Serializer
+from savers.keyring import arun_plan, run_plan, serde_plan
 from savers.migrations import amigrate_sqlite, migrate_sqlite
 from savers.options import SaverOptions
 from savers.threads import SyncWrappers, no_checkpoint, prune_args, refuse_delta_threads, target_exists
@@ -169,13 +178,16 @@ class _Rows:
         configurable = config["configurable"]
         thread_id, ns = str(configurable["thread_id"]), configurable["checkpoint_ns"]
         return self._row(thread_id, ns, checkpoint, configurable.get("checkpoint_id"),
-                         dump_metadata(get_checkpoint_metadata(config, metadata)), new_versions)
+                         dump_metadata(seal_metadata(self.serde, get_checkpoint_metadata(config, metadata))),
+                         new_versions)
 
     def _row(self, thread_id: str, ns: str, checkpoint, parent_id, metadata: bytes, new_versions,
              *, full: bool = False) -> tuple[tuple, Encoded]:
         inline, apart = split_values(checkpoint["channel_values"])
-        encoded = self.chains.encode_checkpoint(self.serde, thread_id, ns, apart, checkpoint["channel_versions"],
-                                                new_versions, here=checkpoint["id"], full=full)
+        # Values inside the row are plain msgpack; the row as a whole is compressed and encrypted once.
+        encoded = self.chains.encode_checkpoint(inner_of(self.serde), thread_id, ns, apart,
+                                                checkpoint["channel_versions"], new_versions, here=checkpoint["id"],
+                                                full=full)
         compact = pack_versions({
             **checkpoint, "channel_values": inline,
             "apart": {c: encoded.refs.get(c) for c in apart},
@@ -225,14 +237,14 @@ class _Rows:
                 keys = json.dumps(sorted({key for _, key in missing}))
                 for channel, key, type_, data in (yield SELECT_KEPT, (thread_id, ns, keys), False):
                     if (channel, key) in missing:
-                        found[(channel, key)] = (type_, data)
+                        found[(channel, key)] = unseal(self.serde, type_, data)
             wanted = {(c, base) for (c, _), (t, d) in found.items() if (base := delta_base(t, d)) is not None}
         return found
 
     def _read(self, row, rows: dict, *, seed: bool) -> Plan:
         """The CheckpointTuple of a checkpoint row: its writes, and the values it refers to."""
         thread_id, ns, checkpoint_id, parent_id, type_, data, meta = row
-        writes = yield SELECT_WRITES, (thread_id, ns, checkpoint_id), False
+        writes = self._unseal_writes((yield SELECT_WRITES, (thread_id, ns, checkpoint_id), False))
         compact = self._unpack(type_, data)
         if compact is None:  # written by the official saver: every value inline
             checkpoint, where = self.serde.loads_typed((type_, data)), {}
@@ -260,7 +272,13 @@ class _Rows:
         config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint_id}}
         parent = ({"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": parent_id}}
                   if parent_id else None)
-        return CheckpointTuple(config, checkpoint, json.loads(meta) if meta is not None else {}, parent, pending)
+        metadata = unseal_metadata(self.serde, json.loads(meta)) if meta is not None else {}
+        return CheckpointTuple(config, checkpoint, metadata, parent, pending)
+
+    def _unseal_writes(self, writes) -> list[tuple]:
+        """(task_id, channel, type, value, task_path, idx) rows with their values unsealed."""
+        return [(task_id, channel, *unseal(self.serde, type_, value), *rest)
+                for task_id, channel, type_, value, *rest in writes]
 
     # -- operations ------------------------------------------------------------------------------------
 
@@ -273,14 +291,20 @@ class _Rows:
         return (yield from self._read(found[0], {}, seed=True)) if found else None
 
     def _list_plan(self, config, filter, before, limit) -> Plan:
+        # Sealed metadata keys (encryption on) are matched after reading, so the limit is applied then too.
+        filter, sealed = split_filter(self.serde, filter)
         where, params = search_where(config, filter, before)
         query = f"SELECT {_COLUMNS} FROM checkpoints {where} ORDER BY checkpoint_id DESC"
-        if limit is not None:
+        if limit is not None and not sealed:
             query, params = query + " LIMIT ?", (*params, int(limit))
         rows_by_thread: dict = {}  # rows read once per list, however many checkpoints refer to them
         tuples = []
         for row in (yield query, tuple(params), False):
-            tuples.append((yield from self._read(row, rows_by_thread.setdefault(row[:2], {}), seed=False)))
+            if limit is not None and len(tuples) >= limit:
+                break
+            tup = yield from self._read(row, rows_by_thread.setdefault(row[:2], {}), seed=False)
+            if matches(tup.metadata, sealed):
+                tuples.append(tup)
         return tuples
 
     def _delete_plan(self, thread_ids: list[str]) -> Plan:
@@ -291,7 +315,7 @@ class _Rows:
         """The runs' checkpoints and writes go; values their rows store stay, in agent_blobs, since other
         runs' checkpoints may refer to them (delete_thread and prune remove them with the thread)."""
         runs = json.dumps(run_ids)
-        kept = [(thread_id, ns, channel, cid, t, d)
+        kept = [(thread_id, ns, channel, cid, *seal(self.serde, t, d))
                 for thread_id, ns, cid, type_, data in (yield SELECT_RUNS, (runs,), False)
                 for channel, (t, d) in self._row_values(type_, data).items()]
         if kept:
@@ -322,12 +346,13 @@ class _Rows:
                 wanted[ns].update((c, base) for c, (t, d) in compact["values"].items()
                                   if (base := delta_base(t, d)) is not None)
         for ns, channel, type_, value in (yield SELECT_LINEAGE_WRITES, (source, up_to, *lineage), False):
-            if (base := delta_base(type_, value)) is not None:
+            if (base := delta_base(*unseal(self.serde, type_, value))) is not None:
                 wanted.setdefault(ns, set()).add((channel, base))
         copied = {(row[1], row[2]) for row in rows}
         for ns, keys in wanted.items():
             found = yield from self._resolve(source, ns, keys, {})
-            kept = [(target, ns, c, key, t, d) for (c, key), (t, d) in found.items() if (ns, key) not in copied]
+            kept = [(target, ns, c, key, *seal(self.serde, t, d)) for (c, key), (t, d) in found.items()
+                    if (ns, key) not in copied]
             if kept:
                 yield INSERT_KEPT, kept, True
 
@@ -355,7 +380,7 @@ class _Rows:
         writes = []
         for (*key, channel, type_, value), (_, _, decoded) in zip(
                 sorted(raw, key=lambda w: writes_sort_key(w[4], w[3], w[5])), values):
-            if type_ == DELTA:
+            if unseal(self.serde, type_, value)[0] == DELTA:
                 type_, value = self.serde.dumps_typed(decoded)
             writes.append((*key, channel, type_, value))
         return new_row, writes
@@ -370,7 +395,7 @@ class Sqlite(_Rows, SqliteSaver):
     _agent_ready = False
 
     def __init__(self, conn: sqlite3.Connection, *, serde=None) -> None:
-        super().__init__(conn, serde=serde)
+        super().__init__(conn, serde=serde or Serializer())
         conn.isolation_level = None
 
     def setup(self) -> None:
@@ -382,7 +407,7 @@ class Sqlite(_Rows, SqliteSaver):
 
     @cached_property
     def response_cache(self) -> SqliteCache:
-        return SqliteCache(self.conn, self.lock)
+        return SqliteCache(self.conn, self.lock, self)
 
     def _run(self, plan: Plan, begin: str | None = None) -> Any:
         """Runs a plan under the saver's lock, in one transaction when `begin` says how to start it."""
@@ -469,6 +494,9 @@ class AsyncSqlite(SyncWrappers, _Rows, AsyncSqliteSaver):
 
     _agent_ready = False
 
+    def __init__(self, conn, *, serde=None) -> None:
+        super().__init__(conn, serde=serde or Serializer())
+
     async def setup(self) -> None:
         if self.conn.isolation_level is not None:
             raise StorageError("AsyncSqlite needs a connection in autocommit mode: "
@@ -482,7 +510,7 @@ class AsyncSqlite(SyncWrappers, _Rows, AsyncSqliteSaver):
 
     @cached_property
     def response_cache(self) -> AsyncSqliteCache:
-        return AsyncSqliteCache(self.conn, self.lock)
+        return AsyncSqliteCache(self.conn, self.lock, self)
 
     async def _run(self, plan: Plan, begin: str | None = None) -> Any:
         await self.setup()
@@ -580,6 +608,13 @@ def _storage_error(path: str, exc: sqlite3.Error) -> StorageError:
     return StorageError(f"SQLite database {path}: {text}")
 
 
+def _fetch_all(conn):
+    async def execute(sql: str, params) -> list:
+        async with conn.execute(sql, params) as cur:
+            return list(await cur.fetchall())
+    return execute
+
+
 @contextmanager
 def open_sqlite(path: str, create: bool = True, options: SaverOptions | None = None) -> Iterator[Sqlite]:
     absolute = check_path(path, create)
@@ -595,6 +630,8 @@ def open_sqlite(path: str, create: bool = True, options: SaverOptions | None = N
                 conn.execute(pragma)
             saver = Sqlite(conn)
             saver.setup()
+            saver.serde = run_plan(serde_plan(options or SaverOptions(), absolute),
+                                   lambda sql, params: conn.execute(sql, params).fetchall())
         except sqlite3.Error as exc:
             raise _storage_error(path, exc) from exc
         yield saver
@@ -618,6 +655,7 @@ async def open_async_sqlite(path: str, create: bool = True,
                 await conn.execute(pragma)
             saver = AsyncSqlite(conn)
             await saver.setup()
+            saver.serde = await arun_plan(serde_plan(options or SaverOptions(), absolute), _fetch_all(conn))
         except sqlite3.Error as exc:
             raise _storage_error(path, exc) from exc
         yield saver

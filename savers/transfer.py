@@ -16,13 +16,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import IO, Any
 
 from savers.errors import StorageError
+from savers.serde import strict_loads
 
 FORMAT, VERSION = "agent-export", 1
 MAX_LINE_BYTES = 64 * 1024 * 1024  # one checkpoint of a very long thread fits; a hostile line does not
@@ -132,31 +132,6 @@ def _str(record: dict, key: str, line: int, optional: bool = False) -> str | Non
     return value
 
 
-_watch = threading.local()
-_listening = False
-
-
-def _on_serde_event(event: dict) -> None:
-    if getattr(_watch, "blocked", None) is not None and "blocked" in event.get("kind", ""):
-        _watch.blocked.append(f"{event.get('module')}.{event.get('name')}")
-
-
-def _strict_loads(serde, kind: str, raw: bytes) -> tuple[Any, list[str]]:
-    """Load a value; also say which types it named that strict mode refused to build. LangGraph downgrades
-    those to plain data with a warning; an import must refuse them instead, not store an altered value."""
-    global _listening
-    if not _listening:
-        from langgraph.checkpoint.serde.event_hooks import register_serde_event_listener
-
-        register_serde_event_listener(_on_serde_event)
-        _listening = True
-    _watch.blocked = []
-    try:
-        return serde.loads_typed((kind, raw)), _watch.blocked
-    finally:
-        _watch.blocked = None
-
-
 def _decode(serde, typed: Any, line: int, what: str) -> Any:
     if not (isinstance(typed, list) and len(typed) == 2 and all(isinstance(x, str) for x in typed)):
         raise _fail(line, f"{what} is not a [type, base64] pair")
@@ -168,7 +143,7 @@ def _decode(serde, typed: Any, line: int, what: str) -> Any:
     except (binascii.Error, ValueError):
         raise _fail(line, f"{what} is not valid base64") from None
     try:
-        value, blocked = _strict_loads(serde, kind, raw)
+        value, blocked = strict_loads(serde, kind, raw)
     except Exception as exc:  # any decoding fault of a hostile value: refuse the file
         raise _fail(line, f"{what} cannot be decoded ({type(exc).__name__})") from None
     if blocked:
