@@ -1,137 +1,191 @@
-"""Storage options for checkpoint values (savers.serde) side by side: bytes stored and time spent, with no
-compression, gzip, zstd, encryption, and zstd with encryption, on long real threads of the agent's graph.
+"""Storage options side by side, on databases opened as the agent opens them (savers.open_saver with SaverOptions):
+bytes stored and time taken with no compression, gzip, zstd, encryption, and zstd with encryption, on SQLite and Postgres.
 
-    python bench/serde.py                          # 10 threads, each a sum of 60 numbers (63 checkpoints)
-    python bench/serde.py --numbers 200 --threads 5 --rounds 5
+    python bench/serde.py                          # SQLite files and a throwaway Postgres (tests/pgserver.py)
+    python bench/serde.py --no-postgres            # SQLite only
+    python bench/serde.py --numbers 200 --threads 20 --rounds 10
+    AGENT_BENCH_POSTGRES_URL=postgresql://user:pw@host/db python bench/serde.py   # your server (it must allow
+                                                   # CREATE DATABASE; each option gets a fresh database)
 
-Each thread is graphs/cot.py run by the built-in offline model on our SQLite saver, durability="sync", as the
-agent runs it. "values" is the bytes of the stored values (checkpoints, writes, blobs); "file" the database
-file after VACUUM; "run" the time to reason (every checkpoint written); "read" the time to read a thread's
-whole history back; "value" the cost of one dumps_typed + loads_typed, averaged over every stored value.
+Each thread is graphs/cot.py answering its own sum of N numbers with the built-in offline model and the reply
+cache, durability="sync", as the agent runs it. Per thread: "stored" is the bytes of the stored values (SQLite:
+checkpoints.checkpoint + metadata, writes.value, agent_blobs.blob; Postgres: checkpoints.checkpoint::text +
+metadata::text, checkpoint_writes.blob, checkpoint_blobs.blob); "cache" the reply cache's values; "file" the
+SQLite file after VACUUM; "run" the median time to reason (every checkpoint written); "read" the median time to
+read the thread's whole history back. Options take turns in a shuffled order within each round, so load from
+elsewhere on the machine hits them alike; "× none" is the median over rounds of run time / none's in that round.
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
+import os
+import random
 import sqlite3
 import statistics
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT)]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+import savers  # noqa: E402
 from agent.offline import OfflineChatModel  # noqa: E402
+from bench.savers import Postgres, machine  # noqa: E402
 from graphs.cot import build_graph, fresh_state  # noqa: E402
-from savers.serde import Serializer, make_serde  # noqa: E402
-from savers.sqlite import PRAGMAS, Sqlite  # noqa: E402
+from savers.keyring import SALT_BYTES  # noqa: E402
+from savers.serde import SCRYPT_N, SCRYPT_P, SCRYPT_R, Cipher  # noqa: E402
 
 KEY = "a bench passphrase, long enough"
 OPTIONS = {
-    "none": {},
-    "gzip": {"compression": "gzip"},
-    "zstd": {"compression": "zstd"},
-    "encrypted": {"encryption_key": KEY},
-    "zstd+encrypted": {"compression": "zstd", "encryption_key": KEY},
+    "none": savers.SaverOptions(),
+    "gzip": savers.SaverOptions(compression="gzip"),
+    "zstd": savers.SaverOptions(compression="zstd"),
+    "encrypted": savers.SaverOptions(encryption_key=KEY),
+    "zstd+encrypted": savers.SaverOptions(compression="zstd", encryption_key=KEY),
 }
+BASELINE = "none"
+
+SQLITE_STORED = ("SELECT sum(length(CAST(checkpoint AS BLOB)) + length(CAST(metadata AS BLOB))) FROM checkpoints",
+                 "SELECT sum(length(CAST(value AS BLOB))) FROM writes",
+                 "SELECT sum(length(CAST(blob AS BLOB))) FROM agent_blobs")
+POSTGRES_STORED = ("SELECT sum(octet_length(checkpoint::text) + octet_length(metadata::text)) FROM checkpoints",
+                   "SELECT sum(octet_length(blob)) FROM checkpoint_writes",
+                   "SELECT sum(octet_length(blob)) FROM checkpoint_blobs")
+SQLITE_CACHE = "SELECT sum(length(CAST(value AS BLOB))) FROM agent_llm_cache"
+POSTGRES_CACHE = "SELECT sum(octet_length(value)) FROM agent_llm_cache"
 
 
-def question(numbers: int) -> str:
-    return "What is " + "+".join(str(n) for n in range(101, 101 + numbers)) + "?"
+def question(numbers: int, n: int) -> str:
+    """The n-th thread's question: its own numbers, so every thread pays the model and fills the reply cache."""
+    return "What is " + "+".join(str(k) for k in range(101 + n, 101 + n + numbers)) + "?"
 
 
-def value_bytes(conn: sqlite3.Connection) -> int:
-    return sum(conn.execute(sql).fetchone()[0] or 0 for sql in (
-        "SELECT sum(length(checkpoint)) FROM checkpoints", "SELECT sum(length(value)) FROM writes",
-        "SELECT sum(length(blob)) FROM agent_blobs"))
+@dataclass
+class Database:
+    """One option on one backend: an open saver, its graph, and what its threads took."""
+
+    backend: str
+    option: str
+    url: str
+    graph: object = None
+    threads: int = 0
+    checkpoints: int = 0  # in the last thread
+    runs: list[list[float]] = field(default_factory=list)  # per round
+    reads: list[float] = field(default_factory=list)
+    stored: int = 0  # bytes, over all threads
+    cache: int = 0
+    file: int | None = None  # SQLite only
+
+    def open(self, stack: ExitStack) -> None:
+        saver = stack.enter_context(savers.open_saver(self.url, options=OPTIONS[self.option]))
+        self.graph = build_graph(OfflineChatModel(), cache=saver.response_cache, model_id="offline").compile(
+            checkpointer=saver)
+
+    def run(self, numbers: int, count: int) -> list[float]:
+        """Reason `count` new threads; returns their run times (and keeps their history read times)."""
+        times = []
+        for _ in range(count):
+            config = {"configurable": {"thread_id": f"t{self.threads}"}, "recursion_limit": numbers + 20}
+            started = time.perf_counter()
+            self.graph.invoke(fresh_state(question(numbers, self.threads)), config, durability="sync")
+            times.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            self.checkpoints = len(list(self.graph.get_state_history(config)))
+            self.reads.append(time.perf_counter() - started)
+            self.threads += 1
+        return times
 
 
-def measure(serde: Serializer, directory: Path, q: str, threads: int) -> dict:
-    path = directory / "bench.db"
-    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    for pragma in PRAGMAS:
-        conn.execute(pragma)
-    saver = Sqlite(conn, serde=serde)
-    saver.setup()
-    graph = build_graph(OfflineChatModel()).compile(checkpointer=saver)
-    runs, reads = [], []
-    for n in range(threads):
-        config = {"configurable": {"thread_id": f"t{n}"}}
-        started = time.perf_counter()
-        graph.invoke(fresh_state(q), config, durability="sync")
-        runs.append(time.perf_counter() - started)
-        started = time.perf_counter()
-        checkpoints = len(list(graph.get_state_history(config)))
-        reads.append(time.perf_counter() - started)
-    stored = value_bytes(conn)
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    conn.execute("VACUUM")
-    conn.close()
-    return {"values": stored / threads, "file": path.stat().st_size / threads, "checkpoints": checkpoints,
-            "run": statistics.median(runs), "read": statistics.median(reads)}
-
-
-def real_values(q: str) -> list:
-    """Every value a thread stores (checkpoints, metadata, pending writes), as the saver hands them over."""
-    with tempfile.TemporaryDirectory() as directory:
-        conn = sqlite3.connect(Path(directory) / "values.db", check_same_thread=False, isolation_level=None)
-        saver = Sqlite(conn, serde=make_serde())
-        saver.setup()
-        graph = build_graph(OfflineChatModel()).compile(checkpointer=saver)
-        config = {"configurable": {"thread_id": "t"}}
-        graph.invoke(fresh_state(q), config, durability="sync")
-        values = [v for t in saver.list(config) for v in (t.checkpoint, t.metadata, *(w[2] for w in t.pending_writes))]
+def sqlite_sizes(path: Path) -> tuple[int, int, int]:
+    """(stored value bytes, reply cache bytes, file bytes after VACUUM) of a closed SQLite database."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        stored = sum(conn.execute(sql).fetchone()[0] or 0 for sql in SQLITE_STORED)
+        cache = conn.execute(SQLITE_CACHE).fetchone()[0] or 0
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.execute("VACUUM")
+    finally:
         conn.close()
-    return values
+    return stored, cache, path.stat().st_size
 
 
-def per_value_us(serde: Serializer, values: list, rounds: int) -> float:
-    best = float("inf")
-    for _ in range(rounds):
-        started = time.perf_counter()
-        for value in values:
-            serde.loads_typed(serde.dumps_typed(value))
-        best = min(best, time.perf_counter() - started)
-    return best / len(values) * 1e6
+def postgres_sizes(url: str) -> tuple[int, int, None]:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        stored = sum(conn.execute(sql).fetchone()[0] or 0 for sql in POSTGRES_STORED)
+        return stored, conn.execute(POSTGRES_CACHE).fetchone()[0] or 0, None
+
+
+def key_derivation_ms() -> float:
+    """One scrypt derivation, as an encrypted database's first open in a process pays it (a fresh salt)."""
+    started = time.perf_counter()
+    Cipher(KEY, os.urandom(SALT_BYTES))
+    return (time.perf_counter() - started) * 1000
+
+
+def measure(databases: list[Database], numbers: int, rounds: int, threads: int) -> None:
+    with ExitStack() as stack:
+        for db in databases:
+            db.open(stack)
+            db.run(numbers, 1)  # warm up: imports, prepared statements, the key derivation; counted in bytes
+        per_round = max(1, threads // rounds)
+        order = list(databases)
+        shuffle = random.Random(5).shuffle
+        for r in range(rounds):
+            shuffle(order)
+            for db in order:
+                db.runs.append(db.run(numbers, per_round))
+            print(f"  round {r + 1}/{rounds}", file=sys.stderr)
+
+
+def report(databases: list[Database]) -> None:
+    print("| backend | option | stored/thread | vs none | cache/thread | file/thread | run/thread | × none "
+          "| read/thread |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    base = {db.backend: db for db in databases if db.option == BASELINE}
+    for db in databases:
+        none = base[db.backend]
+        ratio = statistics.median(statistics.median(mine) / statistics.median(theirs)
+                                  for mine, theirs in zip(db.runs, none.runs))
+        file = f"{db.file / db.threads / 1024:,.1f} KB" if db.file is not None else "-"
+        print(f"| {db.backend} | {db.option} | {db.stored / db.threads / 1024:,.1f} KB "
+              f"| {db.stored / none.stored - 1:+.0%} | {db.cache / db.threads / 1024:,.1f} KB | {file} "
+              f"| {statistics.median(t for batch in db.runs for t in batch) * 1000:,.0f} ms | {ratio:.2f} "
+              f"| {statistics.median(db.reads) * 1000:,.1f} ms |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--numbers", type=int, default=60, help="numbers in each question's sum (plan steps + 1)")
-    parser.add_argument("--threads", type=int, default=10, help="threads per option")
-    parser.add_argument("--rounds", type=int, default=2, help="repetitions of the whole measurement (best kept)")
+    parser.add_argument("--numbers", type=int, default=60, help="numbers in each question's sum (60: 63 checkpoints)")
+    parser.add_argument("--threads", type=int, default=8, help="timed threads per option and backend (8)")
+    parser.add_argument("--rounds", type=int, default=4, help="shuffled rounds the timed threads are spread over (4)")
+    parser.add_argument("--no-postgres", action="store_true", help="SQLite only")
     args = parser.parse_args()
-    q = question(args.numbers)
 
-    started = time.perf_counter()
-    make_serde(encryption_key=KEY)
-    kdf_ms = (time.perf_counter() - started) * 1000  # scrypt, once per process and key (then cached)
-    values = real_values(q)
-
-    results: dict[str, dict] = {}
-    for _ in range(args.rounds):
-        for name, options in OPTIONS.items():
-            with tempfile.TemporaryDirectory() as directory:
-                result = measure(make_serde(**options), Path(directory), q, args.threads)
-            result["value"] = per_value_us(make_serde(**options), values, 3)
-            kept = results.setdefault(name, result)
-            for key in ("run", "read", "value"):
-                kept[key] = min(kept[key], result[key])
-
-    base = results["none"]
-    print(f"Python {platform.python_version()}, {platform.machine()}; {args.threads} threads x {args.rounds} rounds; "
-          f"each thread a sum of {args.numbers} numbers: {base['checkpoints']} checkpoints")
-    print(f"{'option':<16}{'values/thread':>15}{'vs none':>9}{'file/thread':>13}{'vs none':>9}"
-          f"{'run':>10}{'read':>10}{'value':>10}")
-    for name, r in results.items():
-        print(f"{name:<16}{r['values'] / 1024:>12.1f} KB{r['values'] / base['values'] - 1:>+9.0%}"
-              f"{r['file'] / 1024:>10.1f} KB{r['file'] / base['file'] - 1:>+9.0%}"
-              f"{r['run'] * 1000:>8.1f}ms{r['read'] * 1000:>8.1f}ms{r['value']:>8.1f}us")
-    print(f"key derivation (scrypt n=2^15, r=8, p=1): {kdf_ms:.0f} ms once per process; "
-          f"{len(values)} values per thread in the 'value' column")
+    kdf_ms = key_derivation_ms()
+    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        pg = None if args.no_postgres else Postgres(stack)
+        print(f"machine: {machine()}; load average {os.getloadavg()[0]:.2f}")
+        if pg:
+            print(f"postgres: {pg.note}")
+        databases = [Database("sqlite", name, f"sqlite:///{Path(tmp) / name}.db") for name in OPTIONS]
+        if pg:
+            databases += [Database("postgres", name, pg.database()) for name in OPTIONS]
+        measure(databases, args.numbers, args.rounds, args.threads)
+        for db in databases:
+            db.stored, db.cache, db.file = (sqlite_sizes(Path(tmp) / f"{db.option}.db") if db.backend == "sqlite"
+                                            else postgres_sizes(db.url))
+        print(f"{databases[0].threads} threads per option and backend ({args.threads} timed, in {args.rounds} "
+              f"shuffled rounds), each a sum of {args.numbers} numbers: {databases[0].checkpoints} checkpoints\n")
+        report(databases)
+    print(f"\nkey derivation (scrypt n=2^{SCRYPT_N.bit_length() - 1}, r={SCRYPT_R}, p={SCRYPT_P}): {kdf_ms:.0f} ms, "
+          "once per process and encrypted database (then cached)")
 
 
 if __name__ == "__main__":
