@@ -588,7 +588,8 @@ def export_command(
 ) -> None:
     """Export threads as versioned JSON Lines (checkpoints, metadata, pending writes), streamed.
 
-    The file is written whole or not at all; `import` loads it into any database.
+    The file is written whole or not at all; `import` loads it into any database. It is plaintext, also
+    when the database is encrypted.
     """
 
     def body(agent) -> None:
@@ -621,6 +622,9 @@ def import_command(
         renames = parse_renames(rename or [])
         with _open_agent({"db": db}) as agent:
             report = agent.import_file(file, renames=renames, overwrite=overwrite)
+        if agent.encrypted:
+            _console(stderr=True).print("note: the database is encrypted, the export is not: keep the file as safe "
+                                        "as the key", markup=False)
         if as_json:
             _print_json(report.to_dict())
         else:

@@ -187,6 +187,16 @@ class _Core:
         self._graphs: dict[str, Any] = {}
         self._lock = threading.Lock()
 
+    def retention(self) -> RetentionPolicy | None:
+        """The [retention] policy of the settings, applied to a thread after each run on it."""
+        from agent.lifecycle import parse_age
+
+        conf = self.settings.retention
+        if conf is None:
+            return None
+        return RetentionPolicy(conf.keep, parse_age(conf.older_than) if conf.older_than else None,
+                               conf.keep_completed)
+
     def saver_options(self, **overrides):
         """How to open the database: the settings' compression, the key from AGENT_ENCRYPTION_KEY."""
         from savers.options import SaverOptions
@@ -472,6 +482,11 @@ class _Base:
     def settings(self) -> Settings:
         return self._core.settings
 
+    @property
+    def encrypted(self) -> bool:
+        """Whether the open database is encrypted at rest (see AGENT_ENCRYPTION_KEY)."""
+        return bool(getattr(getattr(self._core.saver, "serde", None), "encrypted", False))
+
 
 class Agent(_Base):
     """The synchronous API. Use as a context manager; safe to share between threads of a service.
@@ -709,15 +724,9 @@ class Agent(_Base):
         """The retention policy from config, applied to a thread after a run on it (lock still held)."""
         import tempfile
 
-        from agent.lifecycle import parse_age
-
-        conf = self.settings.retention
-        if conf is None:
-            return
-        policy = RetentionPolicy(conf.keep, parse_age(conf.older_than) if conf.older_than else None,
-                                 conf.keep_completed)
-        with tempfile.TemporaryDirectory(prefix="agent-prune-") as workdir:
-            self._trim(thread, policy, Path(workdir), dry_run=False)
+        if (policy := self._core.retention()) is not None:
+            with tempfile.TemporaryDirectory(prefix="agent-prune-") as workdir:
+                self._trim(thread, policy, Path(workdir), dry_run=False)
 
     def migrate_to(self, target: Agent, threads: list[str] | None = None,
                    on_checkpoint: Callable[[], None] = lambda: None) -> TransferReport:
@@ -847,6 +856,8 @@ class AsyncAgent(_Base):
                 tracker.feed(mode, chunk)
         except Exception as exc:  # the run failed; its checkpoints stand and it can be resumed
             error = _describe_failure(exc)
+        if error is None:
+            await self._retain(thread)
         with _unreadable_after(error):
             return self._core.result(thread, await graph.aget_state(self._core.config(thread)), error)
 
@@ -920,6 +931,49 @@ class AsyncAgent(_Base):
         async with self._hold(thread):
             self._core.existing(thread, await self._snapshot(thread))
             await self._erase(thread)
+
+    async def _trim(self, name: str, policy: RetentionPolicy, workdir: Path, dry_run: bool) -> tuple[int, int]:
+        import time
+
+        if policy.keep_completed and (await self.result(name)).status == "done":
+            return 0, 0
+        gone = checkpoints_to_remove(await self.history(name), policy, time.time())
+        if not gone:
+            return 0, 0
+        freed = await asyncio.to_thread(trim_thread, self._core.saver, name, set(gone), workdir,
+                                        self._blocking(self._exists), self._blocking(self._erase), dry_run)
+        return len(gone), freed
+
+    async def _retain(self, thread: str) -> None:
+        import tempfile
+
+        if (policy := self._core.retention()) is not None:
+            with tempfile.TemporaryDirectory(prefix="agent-prune-") as workdir:
+                await self._trim(thread, policy, Path(workdir), dry_run=False)
+
+    async def prune(self, policy: RetentionPolicy, *, thread: str | None = None,
+                    dry_run: bool = False) -> PruneReport:
+        import os
+        import tempfile
+
+        from savers.catalog import adatabase_file, areclaim_space
+
+        names = [_clean_thread(thread)] if thread else await self._known()
+        if thread:
+            self._core.existing(names[0], await self._snapshot(names[0]))
+        path = await adatabase_file(self._core.saver)
+        before = os.path.getsize(path) if path else None
+        removed, freed = {}, 0
+        with tempfile.TemporaryDirectory(prefix="agent-prune-") as workdir:
+            for name in names:
+                async with self._hold(name):
+                    count, size = await self._trim(name, policy, Path(workdir), dry_run)
+                if count:
+                    removed[name], freed = count, freed + size
+        if removed and not dry_run:
+            await areclaim_space(self._core.saver)
+        return PruneReport(dry_run, removed, sum(removed.values()), freed, before,
+                           os.path.getsize(path) if path else None)
 
     async def export(self, out, threads: list[str] | None = None) -> TransferReport:
         known = await self._known()

@@ -84,14 +84,35 @@ def export_threads(saver, threads: list[str], out: IO[str], known: set[str]) -> 
     return TransferReport(threads=end["threads"], checkpoints=end["checkpoints"], writes=end["writes"])
 
 
-def _scan(path: Path) -> tuple[set[str], int, int]:
+def _lines(f, sealed) -> Iterator[bytes]:
+    """The lines of an export file; of a staging file sealed by `sealed` (a saver's serde), opened."""
+    import base64
+
+    from savers.transfer import MAX_LINE_BYTES
+
+    for line in capped_lines(f, MAX_LINE_BYTES):
+        if sealed is None or len(line) > MAX_LINE_BYTES:
+            yield line
+        else:
+            type_, _, data = line.strip().partition(b":")
+            yield sealed.unseal(type_.decode(), base64.b64decode(data))[1]
+
+
+def _seal_line(sealed, line: str) -> str:
+    import base64
+
+    type_, data = sealed.seal("line", line.encode())
+    return f"{type_}:{base64.b64encode(data).decode()}\n"
+
+
+def _scan(path: Path, sealed=None) -> tuple[set[str], int, int]:
     """First pass over a file: check every line, and find which threads it holds."""
-    from savers.transfer import MAX_LINE_BYTES, Checkpoint, ImportError_, read_export
+    from savers.transfer import Checkpoint, ImportError_, read_export
 
     threads, checkpoints, writes = set(), 0, 0
     try:
         with path.open("rb") as f:
-            for record in read_export(capped_lines(f, MAX_LINE_BYTES)):
+            for record in read_export(_lines(f, sealed)):
                 if isinstance(record, Checkpoint):
                     threads.add(record.thread_id)
                     checkpoints += 1
@@ -104,19 +125,20 @@ def _scan(path: Path) -> tuple[set[str], int, int]:
     return threads, checkpoints, writes
 
 
-def _write(saver, path: Path, names: dict[str, str]) -> None:
+def _write(saver, path: Path, names: dict[str, str], sealed=None) -> None:
     """Second pass: write the records of the threads in `names`, each under its name there."""
-    from savers.transfer import MAX_LINE_BYTES, put_record, read_export
+    from savers.transfer import put_record, read_export
 
     with path.open("rb") as f:
-        for record in read_export(capped_lines(f, MAX_LINE_BYTES)):
+        for record in read_export(_lines(f, sealed)):
             if not isinstance(record, dict) and record.thread_id in names:
                 put_record(saver, record, names.__getitem__)
 
 
 def import_file(saver, path: Path, renames: dict[str, str], overwrite: bool,
-                exists: Callable[[str], bool], delete: Callable[[str], None]) -> TransferReport:
-    threads, checkpoints, writes = _scan(path)
+                exists: Callable[[str], bool], delete: Callable[[str], None], sealed=None) -> TransferReport:
+    """`sealed`: the serde that sealed each line (a staging file of prune on an encrypted database)."""
+    threads, checkpoints, writes = _scan(path, sealed)
     unknown = sorted(set(renames) - threads)
     if unknown:
         raise BadInput(f"--rename names {', '.join(unknown)}, which {path.name} does not hold "
@@ -130,7 +152,7 @@ def import_file(saver, path: Path, renames: dict[str, str], overwrite: bool,
     staging = {t: (f"{target}~import-{uuid.uuid4().hex[:8]}" if target in taken else target)
                for t, target in targets.items()}
     try:
-        _write(saver, path, staging)
+        _write(saver, path, staging, sealed)
     except Exception as exc:
         for name in staging.values():
             delete(name)
@@ -139,7 +161,7 @@ def import_file(saver, path: Path, renames: dict[str, str], overwrite: bool,
     for source, target in targets.items():
         if staging[source] != target:
             delete(target)
-            _write(saver, path, {source: target})  # should this fail, the staging copy stays, whole
+            _write(saver, path, {source: target}, sealed)  # should this fail, the staging copy stays, whole
             delete(staging[source])
     return TransferReport(threads=sorted(targets.values()), checkpoints=checkpoints, writes=writes,
                           renamed={k: v for k, v in renames.items()}, replaced=taken)
@@ -248,6 +270,11 @@ def trim_thread(saver, thread: str, remove: set[str], workdir: Path, exists: Cal
 
     from savers.transfer import export_records
 
+    from savers.compact import encrypted
+
+    # On an encrypted database the staging copy is encrypted too, line by line: nothing reaches the disk
+    # in plaintext.
+    sealed = saver.serde if encrypted(getattr(saver, "serde", None)) else None
     freed, kept = 0, 0
     path = workdir / f"prune-{uuid.uuid4().hex}.jsonl"
     try:
@@ -263,9 +290,9 @@ def trim_thread(saver, thread: str, remove: set[str], workdir: Path, exists: Cal
                     kept += 1
                 elif record.get("type") == "end":
                     line = json.dumps({**record, "checkpoints": kept}) + "\n"
-                f.write(line)
+                f.write(line if sealed is None else _seal_line(sealed, line))
         if not dry_run:
-            import_file(saver, path, {}, True, exists, delete)
+            import_file(saver, path, {}, True, exists, delete, sealed)
     finally:
         path.unlink(missing_ok=True)
     return freed

@@ -157,3 +157,28 @@ def reclaim_space(saver) -> None:
             conn.execute("PRAGMA incremental_vacuum")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.commit()
+
+
+async def adatabase_file(saver) -> str | None:
+    """database_file for an async saver."""
+    if _backend(saver) != "sqlite":
+        return None
+    async with saver.conn.execute("PRAGMA database_list") as cur:
+        row = next((r for r in await cur.fetchall() if r[1] == "main"), None)
+    return row[2] if row and row[2] else None
+
+
+async def areclaim_space(saver) -> None:
+    """reclaim_space for an async saver."""
+    if _backend(saver) != "sqlite":
+        return
+    async with saver.lock:
+        conn = saver.conn
+        async with conn.execute("PRAGMA auto_vacuum") as cur:
+            incremental = (await cur.fetchone())[0] == 2
+        if not incremental:
+            await conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            await conn.execute("VACUUM")
+        else:
+            await conn.execute("PRAGMA incremental_vacuum")
+        await conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -276,3 +276,33 @@ def test_retention_from_config_applies_after_each_run(cli):
     assert cli("prune", "--older-than", "soon").returncode == 2
     dry = json.loads(cli("prune", "--keep", "1", "--dry-run", "--json").stdout)
     assert dry == {**dry, "dry_run": True, "removed": {"t1": 3}}
+
+
+def test_async_prune_and_retention_on_an_encrypted_database(db_url, monkeypatch):
+    import asyncio
+
+    from agent import AsyncAgent
+    from agent.config import Retention, Settings
+    from agent.lifecycle import RetentionPolicy
+
+    monkeypatch.setenv("AGENT_ENCRYPTION_KEY", "correct horse battery staple 42")
+
+    async def main() -> None:
+        async with AsyncAgent(settings=Settings(db=db_url, retention=Retention(keep=3))) as agent:
+            assert (await agent.reason(QUESTION, thread="kept")).answer == "20"
+            assert [(t.thread_id, t.checkpoints) for t in await agent.threads()] == [("kept", 3)]
+        async with AsyncAgent(db=db_url) as agent:
+            await agent.reason(LONG, thread="long")
+            total = len(await agent.history("long"))
+            dry = await agent.prune(RetentionPolicy(keep=2), dry_run=True)
+            assert dry.removed == {"long": total - 2, "kept": 1}
+            assert len(await agent.history("long")) == total
+            report = await agent.prune(RetentionPolicy(keep=2), thread="long")
+            assert report.removed == {"long": total - 2}
+            if db_url.startswith("sqlite"):
+                assert report.file_bytes_after < report.file_bytes_before
+            assert len(await agent.history("long")) == 2
+            assert (await agent.result("long")).answer == str(sum(range(2, 42)))
+            assert (await agent.result("kept")).answer == "20"
+
+    asyncio.run(main())
