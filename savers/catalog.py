@@ -15,13 +15,14 @@ class ThreadRow:
 
 
 # Root namespace only: subgraph checkpoints belong to their parent's checkpoint, not to the thread's history.
+# Leaves are the checkpoints less those that are some checkpoint's parent: each parent is found by primary
+# key, where "has no child" would scan the thread once per checkpoint (no index covers every parent link).
 _THREADS = """
 SELECT c.thread_id AS thread_id, COUNT(*) AS checkpoints, MAX(c.checkpoint_id) AS head,
-       SUM(CASE WHEN NOT EXISTS (
-           SELECT 1 FROM checkpoints k
-           WHERE k.thread_id = c.thread_id AND k.checkpoint_ns = '' AND k.parent_checkpoint_id = c.checkpoint_id
-       ) THEN 1 ELSE 0 END) AS leaves
+       COUNT(*) - COUNT(DISTINCT p.checkpoint_id) AS leaves
 FROM checkpoints c
+LEFT JOIN checkpoints p
+  ON p.thread_id = c.thread_id AND p.checkpoint_ns = '' AND p.checkpoint_id = c.parent_checkpoint_id
 WHERE c.checkpoint_ns = '' {where}
 GROUP BY c.thread_id
 ORDER BY head DESC
