@@ -17,14 +17,14 @@ from agent.errors import (
 )
 
 __all__ = [
-    "Agent", "AsyncAgent", "RunResult", "Step", "Usage", "Event", "StateView", "CheckpointInfo", "ThreadInfo", "Diff", "Change", "Settings", "load_settings",
+    "Agent", "AsyncAgent", "RunResult", "Step", "Usage", "Event", "StateView", "CheckpointInfo", "HistoryPage", "ThreadInfo", "Diff", "Change", "Settings", "load_settings",
     "AgentError", "BadInput", "CheckpointNotFound", "ThreadExists", "ThreadBusy", "ConfigError", "ModelError", "QuestionMismatch", "StorageError", "ThreadNotFound",
 ]
 
 _LAZY = {
     "Agent": "agent.api", "AsyncAgent": "agent.api", "RunResult": "agent.api", "Step": "agent.api",
     "Usage": "agent.api", "Event": "agent.api", "StateView": "agent.api",
-    "CheckpointInfo": "agent.history", "ThreadInfo": "agent.history", "Diff": "agent.history", "Change": "agent.history", "Settings": "agent.config", "load_settings": "agent.config",
+    "CheckpointInfo": "agent.history", "HistoryPage": "agent.history", "ThreadInfo": "agent.history", "Diff": "agent.history", "Change": "agent.history", "Settings": "agent.config", "load_settings": "agent.config",
 }
 
 

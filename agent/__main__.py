@@ -158,9 +158,13 @@ def _escape(text: str) -> str:
     return escape(text)
 
 
+def _db_flag(db: str) -> str:
+    """The --db a printed command needs to reach this database again (none for the default)."""
+    return "" if db == "sqlite:///agent.db" else f" --db '{_redact(db)}'"
+
+
 def _resume_hint(thread: str, db: str) -> str:
-    flag = "" if db == "sqlite:///agent.db" else f" --db '{_redact(db)}'"
-    return f"python -m agent resume --thread {thread}{flag}"
+    return f"python -m agent resume --thread {thread}{_db_flag(db)}"
 
 
 def _report(result, settings, as_json: bool) -> int:
@@ -313,20 +317,41 @@ def threads(db: Db = None, as_json: Json = False, debug: Debug = False) -> None:
 
 
 @app.command()
-def history(thread: Thread, db: Db = None, as_json: Json = False, debug: Debug = False) -> None:
+def history(
+    thread: Thread,
+    limit: Annotated[Optional[int], typer.Option(
+        "--limit", "-n", help="Show only the last N checkpoints (a page); the output says how to get the page "
+                              "before it.", show_default=False)] = None,
+    before: Annotated[Optional[str], typer.Option(
+        "--before", help="Show only checkpoints listed before this one (id or prefix): the next page back.",
+        show_default=False)] = None,
+    db: Db = None,
+    as_json: Json = False,
+    debug: Debug = False,
+) -> None:
     """Show a thread's checkpoints as a tree: forks, replays and edits branch off their parent; the head is marked.
 
-    --json prints a flat list (checkpoint_id, parent_checkpoint_id, step, node, source, created_at, next, ...).
+    Oldest first, a parent always before its children. --json prints a flat list (checkpoint_id,
+    parent_checkpoint_id, step, node, source, created_at, next, ...); with --limit or --before, an object
+    {thread_id, checkpoints, next_before}: pass next_before as --before for the page before (null: no more).
     """
 
     def body(agent) -> None:
         from agent.render import history_tree
 
-        rows = agent.history(thread)
+        rows = agent.history(thread, limit=limit, before=before)
+        paged = limit is not None or before is not None
         if as_json:
-            _print_json([row.to_dict() for row in rows])
-        else:
-            _console().print(history_tree(thread, rows))
+            listed = [row.to_dict() for row in rows]
+            _print_json({"thread_id": thread, "checkpoints": listed, "next_before": rows.next_before}
+                        if paged else listed)
+            return
+        out = _console()
+        out.print(history_tree(thread, rows))
+        if rows.next_before:
+            more = f" --limit {limit}" if limit is not None else ""
+            out.print(f"[dim]earlier checkpoints: python -m agent history --thread {_escape(thread)}{more} "
+                      f"--before {rows.next_before}{_escape(_db_flag(agent.settings.db))}[/]")
 
     _read(db, debug, body)
 

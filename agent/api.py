@@ -19,8 +19,8 @@ from agent.errors import (
     BadInput, CheckpointNotFound, ModelError, QuestionMismatch, StorageError, ThreadBusy, ThreadExists, ThreadNotFound,
 )
 from agent.history import (
-    CheckpointInfo, Diff, ThreadInfo, build_history, checkpoint_info, diff_values, parse_assignment, set_path,
-    shortest_unique,
+    CheckpointInfo, Diff, HistoryPage, Page, ThreadInfo, build_history, checkpoint_info, diff_values, history_page,
+    parse_assignment, set_path, shortest_unique,
 )
 from agent.lifecycle import (
     PruneReport, RetentionPolicy, TransferReport, checkpoints_to_remove, export_threads, import_file, migrate,
@@ -359,6 +359,34 @@ class _Core:
             raise BadInput("the checkpoint id is empty: give an id or a unique prefix of one (see `history`)")
         return prefix
 
+    @staticmethod
+    def check_limit(limit: int | None) -> None:
+        if limit is not None and limit < 1:
+            raise BadInput(f"--limit {limit} shows nothing: give 1 or more, or leave it out for every checkpoint")
+
+    def history_page(self, thread: str, links: dict[str, str | None], limit: int | None,
+                     before: str | None) -> Page:
+        """Which checkpoints a `history` call shows, from the thread's parent links (`before`: id or prefix)."""
+        if not links:
+            self.existing(thread, None)
+        if before is not None:
+            prefix = self.clean_prefix(before)
+            before = self.pick(thread, prefix, sorted(cid for cid in links if cid.startswith(prefix)))
+        return history_page(links, limit, before)
+
+    @staticmethod
+    def unread(page: Page, snapshots: list) -> list[str]:
+        """Checkpoints the page needs that its range read did not bring: parents listed earlier, and any
+        written meanwhile into the range by a process whose clock lags. One read each; few or none."""
+        read = {_checkpoint_id(s) for s in snapshots}
+        return [cid for cid in (*page.ids, *page.parents) if cid not in read]
+
+    @staticmethod
+    def history_rows(page: Page, links: dict[str, str | None], snapshots: list) -> HistoryPage:
+        found = [s for s in snapshots if s.created_at is not None]  # one deleted since the links were read
+        # The head is LangGraph's: the newest checkpoint id, the one a run continues from.
+        return HistoryPage(build_history(found, max(links), page.ids), page.next_before)
+
     def thread_info(self, row, snapshot, running: bool = False) -> ThreadInfo:
         result = self.result(row.thread_id, snapshot, running=running)
         return ThreadInfo(
@@ -545,11 +573,26 @@ class Agent(_Base):
         running = self._running([row.thread_id for row in rows])
         return [self._core.thread_info(row, self._snapshot(row.thread_id), row.thread_id in running) for row in rows]
 
-    def history(self, thread: str) -> list[CheckpointInfo]:
-        """Every checkpoint of a thread, on every branch, oldest first, with parent links."""
-        head = self._at(thread, None)
-        snapshots = list(self._core.reader().get_state_history(self._core.config(thread)))
-        return build_history(snapshots, _checkpoint_id(head))
+    def history(self, thread: str, *, limit: int | None = None, before: str | None = None) -> HistoryPage:
+        """Every checkpoint of a thread, on every branch, with parent links, in history order: oldest first,
+        a parent always before its children (agent.history.history_order).
+
+        `limit` and `before` page back from the end: the last `limit` checkpoints listed before `before`
+        (an id or unique prefix). The result's `next_before` is the `before` of the page listed before it.
+        A constant number of queries, however long the thread."""
+        from savers.catalog import checkpoint_links
+
+        self._core.check_limit(limit)
+        thread = _clean_thread(thread)
+        links = checkpoint_links(self._core.saver, thread)
+        page = self._core.history_page(thread, links, limit, before)
+        if not page.ids:
+            return HistoryPage()
+        upper = self._core.config(thread, page.read_before) if page.read_before else None
+        snapshots = list(self._core.reader().get_state_history(self._core.config(thread), before=upper,
+                                                               limit=page.read_limit))
+        snapshots += [self._snapshot(thread, cid) for cid in self._core.unread(page, snapshots)]
+        return self._core.history_rows(page, links, snapshots)
 
     def state(self, thread: str, checkpoint: str | None = None) -> StateView:
         """The full state at a checkpoint (default: the head) and what runs next."""
@@ -804,10 +847,20 @@ class AsyncAgent(_Base):
         return [self._core.thread_info(row, await self._snapshot(row.thread_id), row.thread_id in running)
                 for row in rows]
 
-    async def history(self, thread: str) -> list[CheckpointInfo]:
-        head = await self._at(thread, None)
-        snapshots = [s async for s in self._core.reader().aget_state_history(self._core.config(thread))]
-        return build_history(snapshots, _checkpoint_id(head))
+    async def history(self, thread: str, *, limit: int | None = None, before: str | None = None) -> HistoryPage:
+        from savers.catalog import acheckpoint_links
+
+        self._core.check_limit(limit)
+        thread = _clean_thread(thread)
+        links = await acheckpoint_links(self._core.saver, thread)
+        page = self._core.history_page(thread, links, limit, before)
+        if not page.ids:
+            return HistoryPage()
+        upper = self._core.config(thread, page.read_before) if page.read_before else None
+        snapshots = [s async for s in self._core.reader().aget_state_history(self._core.config(thread), before=upper,
+                                                                             limit=page.read_limit)]
+        snapshots += [await self._snapshot(thread, cid) for cid in self._core.unread(page, snapshots)]
+        return self._core.history_rows(page, links, snapshots)
 
     async def state(self, thread: str, checkpoint: str | None = None) -> StateView:
         snapshot = await self._at(thread, checkpoint)

@@ -5,7 +5,11 @@ Pure functions on stored values; the Agent classes do the I/O.
 
 from __future__ import annotations
 
+import bisect
+import heapq
 import json
+import uuid
+from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -26,6 +30,9 @@ class Change:
 
 def diff_values(old: Any, new: Any, path: str = "") -> list[Change]:
     """Field by field; lists item by item (so an edited step shows as plan.2 changed, not the whole list)."""
+    if old == new:
+        # Compared in C: `history` diffs every checkpoint with its parent, and a long run's lists are long.
+        return []
     if isinstance(old, dict) and isinstance(new, dict):
         changes: list[Change] = []
         for key in sorted(set(old) | set(new)):
@@ -39,7 +46,8 @@ def diff_values(old: Any, new: Any, path: str = "") -> list[Change]:
         return changes
     if isinstance(old, list) and isinstance(new, list):
         changes = []
-        for index in range(max(len(old), len(new))):
+        same = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b), min(len(old), len(new)))
+        for index in range(same, max(len(old), len(new))):
             sub = f"{path}.{index + 1}"
             if index >= len(old):
                 changes.append(Change(sub, "added", None, new[index]))
@@ -234,12 +242,90 @@ def checkpoint_info(snapshot, parent, head_id: str) -> CheckpointInfo:
     )
 
 
-def build_history(snapshots: list, head_id: str) -> list[CheckpointInfo]:
-    """Rows oldest first, from a thread's snapshots (any order, every branch)."""
+def history_order(links: dict[str, str | None]) -> list[str]:
+    """A thread's checkpoint ids in history order: oldest id first, except that a checkpoint never comes
+    before its parent. Timestamps play no part, so checkpoints made in the same instant keep one order.
+
+    LangGraph's ids sort by time only within one process: a replay written on a host whose clock lags can
+    get an id below its parent's. So this is a topological order of the parent links that takes, of the
+    checkpoints whose parent is already listed (or is not in the thread), the smallest id next; when ids
+    agree with the links, as they do within a process, it is simply id order."""
+    children: dict[str, list[str]] = defaultdict(list)
+    ready = []
+    for cid, parent in links.items():
+        if parent in links:
+            children[parent].append(cid)
+        else:
+            ready.append(cid)
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        cid = heapq.heappop(ready)
+        order.append(cid)
+        for child in children.pop(cid, ()):
+            heapq.heappush(ready, child)
+    # Parent links that loop (a damaged database) would hide checkpoints; list them rather than skip them.
+    listed = set(order)
+    return order + sorted(cid for cid in links if cid not in listed)
+
+
+class HistoryPage(list):
+    """`history` rows (CheckpointInfo) in history order. `next_before` is the checkpoint id to pass as
+    `before` for the page of checkpoints listed before these; None when this page starts the history."""
+
+    def __init__(self, rows=(), next_before: str | None = None):
+        super().__init__(rows)
+        self.next_before = next_before
+
+
+@dataclass(frozen=True)
+class Page:
+    """Which checkpoints one page of `history` shows, and how to read them with one range query."""
+
+    ids: list[str]  # in history order
+    next_before: str | None  # pass as `before` for the page of checkpoints listed before these; None: no more
+    parents: list[str]  # parents of checkpoints on the page that are not on it (each row's summary needs them)
+    read_before: str | None  # the page's id range, as the saver's list() takes it: ids below read_before...
+    read_limit: int  # ...the read_limit highest of them
+
+
+def history_page(links: dict[str, str | None], limit: int | None = None, before: str | None = None) -> Page:
+    """The last `limit` checkpoints (all if None) listed before checkpoint `before` (the end if None).
+
+    Pages follow history_order, so paging back from the end with `next_before` shows every checkpoint
+    exactly once, forks and equal timestamps included, and new checkpoints never shift pages already read."""
+    order = history_order(links)
+    end = order.index(before) if before is not None else len(order)
+    start = 0 if limit is None else max(0, end - limit)
+    ids = order[start:end]
+    shown = set(ids)
+    parents = sorted({p for cid in ids if (p := links[cid]) in links and p not in shown})
+    if not ids:
+        return Page(ids, None, parents, None, 0)
+    ordered = sorted(links)
+    low, high = bisect.bisect_left(ordered, min(ids)), bisect.bisect_right(ordered, max(ids))
+    return Page(ids, ids[0] if start > 0 else None, parents, _after(ordered, high), high - low)
+
+
+def _after(ordered: list[str], high: int) -> str | None:
+    """The id just above the range read: the next stored one, or for the newest one the next possible uuid,
+    so checkpoints written since the links were read stay out of the range."""
+    if high < len(ordered):
+        return ordered[high]
+    try:
+        return str(uuid.UUID(int=uuid.UUID(ordered[-1]).int + 1))
+    except ValueError:
+        return None
+
+
+def build_history(snapshots: list, head_id: str, ids: list[str] | None = None) -> list[CheckpointInfo]:
+    """Rows in history order from a thread's snapshots (any order, every branch); with `ids`, only those
+    checkpoints, in that order, the other snapshots serving as their parents."""
     by_id = {s.config["configurable"]["checkpoint_id"]: s for s in snapshots}
 
-    def parent_of(s):
-        pid = (s.parent_config or {}).get("configurable", {}).get("checkpoint_id")
-        return by_id.get(pid)
+    def parent_id(s) -> str | None:
+        return (s.parent_config or {}).get("configurable", {}).get("checkpoint_id")
 
-    return [checkpoint_info(s, parent_of(s), head_id) for _, s in sorted(by_id.items())]
+    if ids is None:
+        ids = history_order({cid: parent_id(s) for cid, s in by_id.items()})
+    return [checkpoint_info(s, by_id.get(parent_id(s)), head_id) for cid in ids if (s := by_id.get(cid))]

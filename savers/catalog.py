@@ -1,5 +1,6 @@
 """Questions about what a database holds that LangGraph's saver interface cannot answer cheaply:
-which threads exist, and which checkpoint ids of a thread start with a prefix. One SQL query each."""
+which threads exist, a thread's checkpoint ids and parent links, and which ids start with a prefix. One SQL
+query each."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ ORDER BY head DESC
 """
 _IDS = ("SELECT checkpoint_id FROM checkpoints WHERE thread_id = {p} AND checkpoint_ns = '' "
         "AND checkpoint_id LIKE {p} ORDER BY checkpoint_id")
+_LINKS = "SELECT checkpoint_id, parent_checkpoint_id FROM checkpoints WHERE thread_id = {p} AND checkpoint_ns = ''"
 
 
 def _like(prefix: str) -> str:
@@ -130,6 +132,39 @@ async def acheckpoint_ids(saver, thread: str, prefix: str) -> list[str]:
     async with saver.lock:
         async with saver.conn.execute(_IDS.format(p="?"), (thread, _like(prefix))) as cur:
             return _first_column(await cur.fetchall())
+
+
+def _memory_links(saver, thread: str) -> dict[str, str | None]:
+    return {cid: value[2] for cid, value in saver.storage.get(thread, {}).get("", {}).items()}
+
+
+def _links(rows) -> dict[str, str | None]:
+    return {(r["checkpoint_id"] if isinstance(r, dict) else r[0]):
+            (r["parent_checkpoint_id"] if isinstance(r, dict) else r[1]) for r in rows}
+
+
+def checkpoint_links(saver, thread: str) -> dict[str, str | None]:
+    """{checkpoint id: parent id} of every checkpoint of `thread`: its whole shape, without one value."""
+    kind = _backend(saver)
+    if kind == "memory":
+        return _memory_links(saver, thread)
+    if kind == "postgres":
+        with saver.conn.connection() as conn:
+            return _links(conn.execute(_LINKS.format(p="%s"), (thread,)).fetchall())
+    with saver.cursor(transaction=False) as cur:
+        return _links(cur.execute(_LINKS.format(p="?"), (thread,)).fetchall())
+
+
+async def acheckpoint_links(saver, thread: str) -> dict[str, str | None]:
+    kind = _backend(saver)
+    if kind == "memory":
+        return _memory_links(saver, thread)
+    if kind == "postgres":
+        async with saver.conn.connection() as conn:
+            return _links(await (await conn.execute(_LINKS.format(p="%s"), (thread,))).fetchall())
+    async with saver.lock:
+        async with saver.conn.execute(_LINKS.format(p="?"), (thread,)) as cur:
+            return _links(await cur.fetchall())
 
 
 def database_file(saver) -> str | None:
