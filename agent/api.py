@@ -198,11 +198,14 @@ class _Core:
                                conf.keep_completed)
 
     def saver_options(self, **overrides):
-        """How to open the database: the settings' compression, the key from AGENT_ENCRYPTION_KEY."""
+        """How to open the database: the settings' compression and Postgres connection options, the key from
+        AGENT_ENCRYPTION_KEY."""
         from savers.options import SaverOptions
 
         return SaverOptions.from_env(compression=None if self.settings.compression == "none"
-                                     else self.settings.compression, plaintext_ok=self.plaintext_ok, **overrides)
+                                     else self.settings.compression, plaintext_ok=self.plaintext_ok,
+                                     prepare_threshold=self.settings.pg_prepare_threshold,
+                                     pool_size=self.settings.pg_pool_size, **overrides)
 
     def graph(self, spec: str):
         """The compiled graph for a model spec, built once and shared by every thread of the service."""

