@@ -225,8 +225,18 @@ class _Core:
                     retry=Retry(self.settings.max_retries, self.settings.retry_delay),
                     price=Price(price.input, price.output) if price else Price(),
                 )
-                self._graphs[spec] = builder.compile(checkpointer=self.saver)
+                self._graphs[spec] = builder.compile(checkpointer=self.checkpointer())
             return self._graphs[spec]
+
+    def checkpointer(self):
+        """What graphs run on: the saver, through which an async-durability run counts its unsaved checkpoints."""
+        from savers.backpressure import BoundedSaver
+
+        return BoundedSaver(self.saver) if self.settings.durability == "async" else self.saver
+
+    def durability(self) -> dict[str, Any]:
+        """How runs write their checkpoints (savers.backpressure.stream's arguments)."""
+        return {"durability": self.settings.durability, "max_pending": self.settings.max_pending_checkpoints}
 
     def reader(self):
         """A graph for reading state only: any model will do, and offline needs no key."""
@@ -637,13 +647,15 @@ class Agent(_Base):
 
     def _run(self, config: dict[str, Any], graph_input: Any, snapshot, on_event: OnEvent | None,
              resuming: bool) -> RunResult:
+        from savers import backpressure
+
         thread = config["configurable"]["thread_id"]
         tracker = _EventTracker(on_event, snapshot, resuming=resuming)
         graph = self._core.graph(config["metadata"]["model"])
         error = None
         try:
-            for mode, chunk in graph.stream(self._core.graph_input(snapshot, graph_input), config,
-                                            stream_mode=STREAM_MODES, durability="sync"):
+            for mode, chunk in backpressure.stream(graph, self._core.graph_input(snapshot, graph_input), config,
+                                                   stream_mode=STREAM_MODES, **self._core.durability()):
                 tracker.feed(mode, chunk)
         except Exception as exc:  # the run failed; its checkpoints stand and it can be resumed
             error = _describe_failure(exc)
@@ -902,13 +914,15 @@ class AsyncAgent(_Base):
 
     async def _run(self, config: dict[str, Any], graph_input: Any, snapshot, on_event: OnEvent | None,
                    resuming: bool) -> RunResult:
+        from savers import backpressure
+
         thread = config["configurable"]["thread_id"]
         tracker = _EventTracker(on_event, snapshot, resuming=resuming)
         graph = self._core.graph(config["metadata"]["model"])
         error = None
         try:
-            async for mode, chunk in graph.astream(self._core.graph_input(snapshot, graph_input), config,
-                                                   stream_mode=STREAM_MODES, durability="sync"):
+            async for mode, chunk in backpressure.astream(graph, self._core.graph_input(snapshot, graph_input),
+                                                          config, stream_mode=STREAM_MODES, **self._core.durability()):
                 tracker.feed(mode, chunk)
         except Exception as exc:  # the run failed; its checkpoints stand and it can be resumed
             error = _describe_failure(exc)

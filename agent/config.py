@@ -25,6 +25,8 @@ ENV = {
     "AGENT_MAX_RETRIES": "max_retries",
     "AGENT_RETRY_DELAY": "retry_delay",
     "AGENT_BUDGET": "budget",
+    "AGENT_DURABILITY": "durability",
+    "AGENT_MAX_PENDING_CHECKPOINTS": "max_pending_checkpoints",
     "AGENT_COMPRESSION": "compression",
     "AGENT_PG_PREPARE_THRESHOLD": "pg_prepare_threshold",
     "AGENT_PG_POOL_SIZE": "pg_pool_size",
@@ -75,6 +77,10 @@ class Settings(BaseModel):
     max_retries: int = Field(default=3, ge=0, le=20)
     retry_delay: float = Field(default=1.0, ge=0, le=60)
     budget: float | None = Field(default=None, gt=0)
+    # When a step's checkpoint is written: "sync" before the next step starts; "async" while it runs, with at
+    # most max_pending_checkpoints made but unsaved (a crash loses those; their replies are in the reply cache).
+    durability: Literal["sync", "async"] = "sync"
+    max_pending_checkpoints: int = Field(default=2, ge=1, le=1000)
     prices: dict[str, ModelPrice] = Field(default_factory=dict)
     retention: Retention | None = None
     # Compression of newly stored values (see savers.options); the encryption key is never a setting here:
