@@ -46,7 +46,9 @@ def diff_values(old: Any, new: Any, path: str = "") -> list[Change]:
         return changes
     if isinstance(old, list) and isinstance(new, list):
         changes = []
-        same = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b), min(len(old), len(new)))
+        same = min(len(old), len(new))
+        if old[:same] != new[:same]:  # else one extends the other, as a run's lists do: found in C
+            same = next(i for i, (a, b) in enumerate(zip(old, new)) if a != b)
         for index in range(same, max(len(old), len(new))):
             sub = f"{path}.{index + 1}"
             if index >= len(old):
