@@ -451,6 +451,17 @@ class _Core:
         return target
 
 
+@contextmanager
+def _exists_as_ours() -> Iterator[None]:
+    """The saver's "target thread exists" (a branch raced another writer to the name) as the API's error."""
+    from savers.threads import ThreadExists as Exists
+
+    try:
+        yield
+    except Exists as exc:
+        raise ThreadExists(str(exc)) from None
+
+
 def unfinished(snapshot) -> bool:
     """Whether a run stands part-way at this checkpoint. `next` alone does not tell: a step that finished
     just before a crash has its writes stored but no checkpoint after it, and LangGraph then leaves it out of
@@ -797,12 +808,12 @@ class Agent(_Base):
     def branch(self, thread: str, checkpoint: str, to: str) -> ThreadInfo:
         """A new thread `to` whose history is `thread`'s lineage up to `checkpoint`; `thread` is untouched."""
         from savers.catalog import list_threads
-        from savers.lineage import copy_lineage
 
         snapshot = self._at(thread, checkpoint)
         target = self._core.check_new_thread(to, list_threads(self._core.saver, _clean_thread(to)))
         origin = f"{thread}@{_checkpoint_id(snapshot)}"
-        copy_lineage(self._core.saver, thread, target, _checkpoint_id(snapshot), {"branch_of": origin})
+        with _exists_as_ours():
+            self._core.saver.copy_thread(thread, target, up_to=_checkpoint_id(snapshot), metadata={"branch_of": origin})
         return self._core.thread_info(list_threads(self._core.saver, target)[0], self._snapshot(target))
 
 
@@ -1062,10 +1073,11 @@ class AsyncAgent(_Base):
 
     async def branch(self, thread: str, checkpoint: str, to: str) -> ThreadInfo:
         from savers.catalog import alist_threads
-        from savers.lineage import acopy_lineage
 
         snapshot = await self._at(thread, checkpoint)
         target = self._core.check_new_thread(to, await alist_threads(self._core.saver, _clean_thread(to)))
         origin = f"{thread}@{_checkpoint_id(snapshot)}"
-        await acopy_lineage(self._core.saver, thread, target, _checkpoint_id(snapshot), {"branch_of": origin})
+        with _exists_as_ours():
+            await self._core.saver.acopy_thread(thread, target, up_to=_checkpoint_id(snapshot),
+                                                metadata={"branch_of": origin})
         return self._core.thread_info((await alist_threads(self._core.saver, target))[0], await self._snapshot(target))

@@ -127,8 +127,11 @@ def _scan(path: Path, sealed=None) -> tuple[set[str], int, int]:
 
 def _write(saver, path: Path, names: dict[str, str], sealed=None) -> None:
     """Second pass: write the records of the threads in `names`, each under its name there."""
+    from savers.threads import revive
     from savers.transfer import put_record, read_export
 
+    for name in names.values():
+        revive(saver, name)  # a thread restored under the id of a deleted one is no late write
     with path.open("rb") as f:
         for record in read_export(_lines(f, sealed)):
             if not isinstance(record, dict) and record.thread_id in names:
@@ -172,6 +175,7 @@ def migrate(source, target, threads: list[str], exists: Callable[[str], bool], d
     """Copy threads from one database to another, streamed, checked as an import is; all or nothing."""
     import json
 
+    from savers.threads import revive
     from savers.transfer import Checkpoint, ImportError_, export_records, put_record, read_export
 
     taken = sorted(t for t in threads if exists(t))
@@ -180,6 +184,8 @@ def migrate(source, target, threads: list[str], exists: Callable[[str], bool], d
                            "delete it there first, or export and import with --rename")
     checkpoints = writes = 0
     try:
+        for thread in threads:
+            revive(target, thread)
         lines = (json.dumps(record) for record in export_records(source, threads))
         for record in read_export(lines):
             if isinstance(record, dict):

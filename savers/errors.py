@@ -7,3 +7,11 @@ class StorageError(Exception):
 
 class ThreadBusy(StorageError):
     """Another process or task is running the thread right now."""
+
+
+class WriterConflict(StorageError):
+    """Two writers continued one thread from the same checkpoint: the second is refused (one writer per thread)."""
+
+
+class ThreadDeleted(StorageError):
+    """A write arrived for a thread after it was deleted (a late write of a cancelled run): it is refused."""

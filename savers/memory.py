@@ -23,10 +23,12 @@ class MemorySaver(InMemorySaver):
     def _metadata(self, entry) -> dict:
         return self.serde.loads_typed(entry[1])
 
-    def copy_thread(self, source_thread_id: str, target_thread_id: str, *, up_to: str | None = None) -> None:
+    def copy_thread(self, source_thread_id: str, target_thread_id: str, *, up_to: str | None = None,
+                    metadata: dict | None = None) -> None:
         """Copy a thread, or with `up_to` one lineage of it: that checkpoint, its ancestors, their pending
         writes (except the writes of `up_to` itself, which belong to the step after it), the subgraph
-        checkpoints under them, and the values they store. Checkpoint ids stay the same."""
+        checkpoints under them, and the values they store. Checkpoint ids stay the same; `metadata` is
+        added to every copied checkpoint's (e.g. branch_of)."""
         source, target = str(source_thread_id), str(target_thread_id)
         if any(self.storage.get(target, {}).values()):
             raise target_exists(target)
@@ -52,6 +54,9 @@ class MemorySaver(InMemorySaver):
                         copied[ns] = kept
             skip_writes = ("", up_to)
         for ns, entries in copied.items():
+            if metadata:
+                entries = {cid: (e[0], self.serde.dumps_typed({**self._metadata(e), **metadata}), *e[2:])
+                           for cid, e in entries.items()}
             self.storage[target][ns].update(entries)
             for cid in entries:
                 if (ns, cid) != skip_writes and (source, ns, cid) in self.writes:
@@ -98,8 +103,9 @@ class MemorySaver(InMemorySaver):
             for key in [k for k in self.blobs if k[0] == thread_id and k not in referenced]:
                 del self.blobs[key]
 
-    async def acopy_thread(self, source_thread_id: str, target_thread_id: str, *, up_to: str | None = None) -> None:
-        self.copy_thread(source_thread_id, target_thread_id, up_to=up_to)
+    async def acopy_thread(self, source_thread_id: str, target_thread_id: str, *, up_to: str | None = None,
+                           metadata: dict | None = None) -> None:
+        self.copy_thread(source_thread_id, target_thread_id, up_to=up_to, metadata=metadata)
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
         self.delete_for_runs(run_ids)

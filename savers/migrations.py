@@ -5,6 +5,20 @@ Like the official savers: the position of a migration in its list is its version
 
 from __future__ import annotations
 
+import logging
+
+log = logging.getLogger("savers.migrations")
+
+
+class Optional(str):
+    """A migration that may fail on a database whose existing rows break what it adds (a unique index over
+    rows written before the rule): it is then skipped, with a warning, instead of failing every open."""
+
+
+def _skipped(version: int, exc: Exception) -> None:
+    log.warning("migration %d skipped: %s", version, str(exc).strip().splitlines()[0])
+
+
 # Applied in order by every saver's setup(); version n is recorded in agent_migrations once it ran.
 SQLITE = [
     "CREATE TABLE IF NOT EXISTS agent_migrations (v INTEGER PRIMARY KEY)",
@@ -45,6 +59,18 @@ SQLITE = [
         salt BLOB NOT NULL,
         proof BLOB NOT NULL
     )""",
+    # Delete is final: the newest checkpoint id of each deleted thread. A write that names a checkpoint up to
+    # it (a late write of a cancelled run) is refused; a new run on the same thread id makes newer ids.
+    """CREATE TABLE IF NOT EXISTS agent_tombstones (
+        thread_id TEXT PRIMARY KEY,
+        last_checkpoint_id TEXT NOT NULL
+    )""",
+    # One writer per thread, kept by the database: a run goes on ("loop") or starts ("input") from a checkpoint
+    # at most once. Forks (source "fork", "update") branch off on purpose and are not counted; nor are first
+    # checkpoints (no parent: NULLs are distinct), which LangGraph's own conformance suite puts several of.
+    Optional("CREATE UNIQUE INDEX IF NOT EXISTS agent_one_writer ON checkpoints "
+             "(thread_id, checkpoint_ns, parent_checkpoint_id) "
+             "WHERE json_extract(CAST(metadata AS TEXT), '$.source') IN ('loop', 'input')"),
 ]
 
 POSTGRES = [
@@ -64,6 +90,13 @@ POSTGRES = [
         salt BYTEA NOT NULL,
         proof BYTEA NOT NULL
     )""",
+    """CREATE TABLE IF NOT EXISTS agent_tombstones (
+        thread_id TEXT PRIMARY KEY,
+        last_checkpoint_id TEXT NOT NULL
+    )""",
+    Optional("CREATE UNIQUE INDEX IF NOT EXISTS agent_one_writer ON checkpoints "
+             "(thread_id, checkpoint_ns, parent_checkpoint_id) "
+             "WHERE metadata ->> 'source' IN ('loop', 'input')"),
 ]
 
 # Two processes starting at once against a fresh Postgres must not both run the same migration.
@@ -80,37 +113,75 @@ def migrate_sqlite(conn) -> None:
     """Run what is missing in one transaction (sqlite3 connection, or a cursor-like with execute)."""
     conn.execute(SQLITE[0])
     current = conn.execute(CURRENT_VERSION).fetchone()[0]
+    import sqlite3
+
     for version, sql in pending(SQLITE, current):
-        conn.execute(sql)
+        if isinstance(sql, Optional):
+            conn.execute("SAVEPOINT agent_optional")
+            try:
+                conn.execute(sql)
+            except sqlite3.Error as exc:
+                conn.execute("ROLLBACK TO agent_optional")
+                _skipped(version, exc)
+            conn.execute("RELEASE agent_optional")
+        else:
+            conn.execute(sql)
         conn.execute("INSERT INTO agent_migrations (v) VALUES (?)", (version,))
 
 
 async def amigrate_sqlite(conn) -> None:
+    import sqlite3
+
     await conn.execute(SQLITE[0])
     current = (await (await conn.execute(CURRENT_VERSION)).fetchone())[0]
     for version, sql in pending(SQLITE, current):
-        await conn.execute(sql)
+        if isinstance(sql, Optional):
+            await conn.execute("SAVEPOINT agent_optional")
+            try:
+                await conn.execute(sql)
+            except sqlite3.Error as exc:
+                await conn.execute("ROLLBACK TO agent_optional")
+                _skipped(version, exc)
+            await conn.execute("RELEASE agent_optional")
+        else:
+            await conn.execute(sql)
         await conn.execute("INSERT INTO agent_migrations (v) VALUES (?)", (version,))
 
 
 def migrate_postgres(conn) -> None:
     """Under a transaction-scoped advisory lock, so concurrent starts serialize instead of colliding."""
+    import psycopg
+
     with conn.transaction():
         conn.execute(POSTGRES_LOCK)
         conn.execute(POSTGRES[0])
         current = _first(conn.execute(CURRENT_VERSION).fetchone())
         for version, sql in pending(POSTGRES, current):
-            conn.execute(sql)
+            try:
+                with conn.transaction():  # a savepoint
+                    conn.execute(sql)
+            except psycopg.Error as exc:
+                if not isinstance(sql, Optional):
+                    raise
+                _skipped(version, exc)
             conn.execute("INSERT INTO agent_migrations (v) VALUES (%s)", (version,))
 
 
 async def amigrate_postgres(conn) -> None:
+    import psycopg
+
     async with conn.transaction():
         await conn.execute(POSTGRES_LOCK)
         await conn.execute(POSTGRES[0])
         current = _first(await (await conn.execute(CURRENT_VERSION)).fetchone())
         for version, sql in pending(POSTGRES, current):
-            await conn.execute(sql)
+            try:
+                async with conn.transaction():
+                    await conn.execute(sql)
+            except psycopg.Error as exc:
+                if not isinstance(sql, Optional):
+                    raise
+                _skipped(version, exc)
             await conn.execute("INSERT INTO agent_migrations (v) VALUES (%s)", (version,))
 
 

@@ -63,7 +63,15 @@ from savers.serde import Serializer
 from savers.keyring import arun_plan, run_plan, serde_plan
 from savers.migrations import amigrate_postgres, migrate_postgres
 from savers.options import SaverOptions
-from savers.threads import SyncWrappers, no_checkpoint, prune_args, refuse_delta_threads, target_exists
+from savers.threads import (
+    SyncWrappers,
+    no_checkpoint,
+    prune_args,
+    refuse_delta_threads,
+    target_exists,
+    thread_deleted,
+    writer_conflict,
+)
 
 # Unreachable servers must fail within seconds, not hang on the OS default (minutes).
 CONNECT_TIMEOUT_S = 5
@@ -102,9 +110,18 @@ CONNECTION_KWARGS = {"autocommit": True, "row_factory": dict_row}
 
 _CHECKPOINT_COLUMNS = "thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint, metadata"
 _WRITE_COLUMNS = "thread_id, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, type, blob"
-_UPSERT_CHECKPOINT = (f"INSERT INTO checkpoints ({_CHECKPOINT_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s) "
-                      "ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id) "
+# A write naming a checkpoint of a deleted thread (savers/migrations.py agent_tombstones); parameters: the
+# thread id and the checkpoint id the write names (for a put, its parent). Such writes store nothing.
+_DELETED = "SELECT 1 FROM agent_tombstones WHERE thread_id = %s AND %s <= last_checkpoint_id"
+_UPSERT_CHECKPOINT = (f"INSERT INTO checkpoints ({_CHECKPOINT_COLUMNS}) SELECT %s, %s, %s, %s, %s, %s "
+                      f"WHERE NOT EXISTS ({_DELETED}) ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id) "
                       "DO UPDATE SET checkpoint = EXCLUDED.checkpoint, metadata = EXCLUDED.metadata")
+ONE_WRITER_INDEX = "agent_one_writer"
+TOMBSTONE_SQL = ("INSERT INTO agent_tombstones (thread_id, last_checkpoint_id) SELECT thread_id, max(checkpoint_id) "
+                 "FROM checkpoints WHERE thread_id = ANY(%s) GROUP BY thread_id ON CONFLICT (thread_id) DO UPDATE "
+                 "SET last_checkpoint_id = GREATEST(agent_tombstones.last_checkpoint_id, EXCLUDED.last_checkpoint_id)")
+REVIVE_SQL = "DELETE FROM agent_tombstones WHERE thread_id = %s"
+PATCH_METADATA_SQL = "UPDATE checkpoints SET metadata = metadata || %s WHERE thread_id = %s"
 
 
 @lru_cache(maxsize=64)
@@ -115,8 +132,8 @@ def put_sql(n_blobs: int) -> str:
         return _UPSERT_CHECKPOINT
     rows = ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * n_blobs)
     return (f"WITH blobs AS (INSERT INTO checkpoint_blobs (thread_id, checkpoint_ns, channel, version, type, blob, "
-            f"base) VALUES {rows} ON CONFLICT (thread_id, checkpoint_ns, channel, version) DO NOTHING) "
-            + _UPSERT_CHECKPOINT)
+            f"base) SELECT * FROM (VALUES {rows}) v WHERE NOT EXISTS ({_DELETED}) "
+            "ON CONFLICT (thread_id, checkpoint_ns, channel, version) DO NOTHING) " + _UPSERT_CHECKPOINT)
 
 
 @lru_cache(maxsize=64)
@@ -124,8 +141,9 @@ def writes_sql(n_writes: int, upsert: bool) -> str:
     rows = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s)"] * n_writes)
     conflict = ("DO UPDATE SET channel = EXCLUDED.channel, type = EXCLUDED.type, blob = EXCLUDED.blob"
                 if upsert else "DO NOTHING")
-    return (f"INSERT INTO checkpoint_writes ({_WRITE_COLUMNS}) VALUES {rows} "
-            f"ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) {conflict}")
+    return (f"INSERT INTO checkpoint_writes ({_WRITE_COLUMNS}) SELECT * FROM (VALUES {rows}) v "
+            f"WHERE NOT EXISTS ({_DELETED}) ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) "
+            f"{conflict}")
 
 
 _SELECT = f"""
@@ -247,17 +265,28 @@ class _Rows:
         versions = checkpoint["channel_versions"]
         encoded = self.chains.encode_checkpoint(inner_of(self.serde), thread_id, ns, apart, versions, new_versions)
         params: list = []
+        parent = configurable.get("checkpoint_id")
         for channel, blob in encoded.blobs.items():
             params += (thread_id, ns, channel, str(versions[channel]), *seal(self.serde, blob.type, blob.data),
                        blob.base)
-        params += (thread_id, ns, checkpoint["id"], configurable.get("checkpoint_id"),
+        if encoded.blobs:
+            params += (thread_id, parent)
+        params += (thread_id, ns, checkpoint["id"], parent,
                    self._checkpoint_column(pack_versions({**checkpoint, "channel_values": inline})),
-                   _jsonb(seal_metadata(self.serde, get_serializable_checkpoint_metadata(config, metadata))))
+                   _jsonb(seal_metadata(self.serde, get_serializable_checkpoint_metadata(config, metadata))),
+                   thread_id, parent)
         return put_sql(len(encoded.blobs)), params, encoded
 
     def _writes_params(self, config, writes, task_id: str, task_path: str) -> tuple[str, list]:
         params, special = write_params(self.chains, self.serde, config, writes, task_id, task_path)
-        return writes_sql(len(writes), special), params
+        return writes_sql(len(writes), special), [*params, params[0], params[2]]
+
+    @staticmethod
+    def _refused(exc: psycopg.errors.UniqueViolation, config) -> Exception:
+        """A put the one-writer index refused, as the error a user reads; other violations as they are."""
+        if exc.diag.constraint_name != ONE_WRITER_INDEX:
+            return exc
+        return writer_conflict(str(config["configurable"]["thread_id"]), config["configurable"].get("checkpoint_id"))
 
     # -- reading ---------------------------------------------------------------------------------------
 
@@ -459,7 +488,12 @@ class Postgres(_Rows, PostgresSaver):
         # Encoded before taking the lock, so it overlaps another call's I/O (puts of a thread come in order).
         sql, params, encoded = self._put_params(config, checkpoint, metadata, new_versions)
         with self._cursor() as cur:
-            cur.execute(sql, params)
+            try:
+                cur.execute(sql, params)
+            except psycopg.errors.UniqueViolation as exc:
+                raise self._refused(exc, config) from None
+            if not cur.rowcount:
+                raise thread_deleted(str(config["configurable"]["thread_id"]))
             self.chains.remember(str(config["configurable"]["thread_id"]), config["configurable"]["checkpoint_ns"],
                                  encoded)
         return next_config(config, checkpoint)
@@ -470,10 +504,16 @@ class Postgres(_Rows, PostgresSaver):
             return
         sql, params = self._writes_params(config, writes, task_id, task_path)
         with self._cursor() as cur:
-            cur.execute(sql, params)
+            if not cur.execute(sql, params).rowcount and cur.execute(_DELETED, params[-2:]).fetchone():
+                raise thread_deleted(params[0])
+
+    def revive(self, thread_id: str) -> None:
+        with self._cursor() as cur:
+            cur.execute(REVIVE_SQL, (str(thread_id),))
 
     def delete_thread(self, thread_id: str) -> None:
         with self._transaction() as cur:
+            cur.execute(TOMBSTONE_SQL, ([str(thread_id)],))
             for sql in DELETE_THREADS_SQL:
                 cur.execute(sql, ([str(thread_id)],))
         self.chains.forget([thread_id])
@@ -485,14 +525,17 @@ class Postgres(_Rows, PostgresSaver):
             with self._cursor() as cur:
                 cur.execute(DELETE_RUNS_SQL, ([str(r) for r in run_ids],))
 
-    def copy_thread(self, source_thread_id: str, target_thread_id: str, *, up_to: str | None = None) -> None:
+    def copy_thread(self, source_thread_id: str, target_thread_id: str, *, up_to: str | None = None,
+                    metadata: dict | None = None) -> None:
         """Copy a thread, or with `up_to` one lineage of it: that checkpoint, its ancestors, their pending
         writes (except the writes of `up_to` itself, which belong to the step after it), the subgraph
-        checkpoints under them, and the values they store. Checkpoint ids stay the same."""
+        checkpoints under them, and the values they store. Checkpoint ids stay the same; `metadata` is
+        added to every copied checkpoint's (e.g. branch_of), in one transaction with the copy."""
         params = {"source": str(source_thread_id), "target": str(target_thread_id), "up_to": up_to}
         with self._transaction() as cur:
             if cur.execute(EXISTS_THREAD_SQL, (params["target"],)).fetchone():
                 raise target_exists(params["target"])
+            cur.execute(REVIVE_SQL, (params["target"],))
             if up_to is None:
                 statements = COPY_ALL_SQL
             else:
@@ -503,6 +546,8 @@ class Postgres(_Rows, PostgresSaver):
                 statements = COPY_LINEAGE_SQL
             for sql in statements:
                 cur.execute(sql, params)
+            if metadata:
+                cur.execute(PATCH_METADATA_SQL, (_jsonb(metadata), params["target"]))
         self.chains.forget([params["target"]])
 
     def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
@@ -521,6 +566,8 @@ class Postgres(_Rows, PostgresSaver):
                     blobs = self._blob_map(self._blobs(cur, self._wanted(heads, [self._raw_writes(r) for r in heads])))
                     for row in heads:
                         kept += self._kept_rows(self._tuple(row, self._raw_writes(row), blobs, seed=False), row, blobs)
+            if strategy == "delete":
+                cur.execute(TOMBSTONE_SQL, (thread_ids,))
             for sql in DELETE_THREADS_SQL:
                 cur.execute(sql, (thread_ids,))
             for sql, params in kept:
@@ -617,7 +664,12 @@ class AsyncPostgres(SyncWrappers, _Rows, AsyncPostgresSaver):
                    new_versions: ChannelVersions) -> RunnableConfig:
         sql, params, encoded = self._put_params(config, checkpoint, metadata, new_versions)
         async with self._cursor() as cur:
-            await cur.execute(sql, params)
+            try:
+                await cur.execute(sql, params)
+            except psycopg.errors.UniqueViolation as exc:
+                raise self._refused(exc, config) from None
+            if not cur.rowcount:
+                raise thread_deleted(str(config["configurable"]["thread_id"]))
             self.chains.remember(str(config["configurable"]["thread_id"]), config["configurable"]["checkpoint_ns"],
                                  encoded)
         return next_config(config, checkpoint)
@@ -628,10 +680,17 @@ class AsyncPostgres(SyncWrappers, _Rows, AsyncPostgresSaver):
             return
         sql, params = self._writes_params(config, writes, task_id, task_path)
         async with self._cursor() as cur:
-            await cur.execute(sql, params)
+            if not (await cur.execute(sql, params)).rowcount and \
+                    await (await cur.execute(_DELETED, params[-2:])).fetchone():
+                raise thread_deleted(params[0])
+
+    async def arevive(self, thread_id: str) -> None:
+        async with self._cursor() as cur:
+            await cur.execute(REVIVE_SQL, (str(thread_id),))
 
     async def adelete_thread(self, thread_id: str) -> None:
         async with self._transaction() as cur:
+            await cur.execute(TOMBSTONE_SQL, ([str(thread_id)],))
             for sql in DELETE_THREADS_SQL:
                 await cur.execute(sql, ([str(thread_id)],))
         self.chains.forget([thread_id])
@@ -641,11 +700,13 @@ class AsyncPostgres(SyncWrappers, _Rows, AsyncPostgresSaver):
             async with self._cursor() as cur:
                 await cur.execute(DELETE_RUNS_SQL, ([str(r) for r in run_ids],))
 
-    async def acopy_thread(self, source_thread_id: str, target_thread_id: str, *, up_to: str | None = None) -> None:
+    async def acopy_thread(self, source_thread_id: str, target_thread_id: str, *, up_to: str | None = None,
+                           metadata: dict | None = None) -> None:
         params = {"source": str(source_thread_id), "target": str(target_thread_id), "up_to": up_to}
         async with self._transaction() as cur:
             if await (await cur.execute(EXISTS_THREAD_SQL, (params["target"],))).fetchone():
                 raise target_exists(params["target"])
+            await cur.execute(REVIVE_SQL, (params["target"],))
             if up_to is None:
                 statements = COPY_ALL_SQL
             else:
@@ -656,6 +717,8 @@ class AsyncPostgres(SyncWrappers, _Rows, AsyncPostgresSaver):
                 statements = COPY_LINEAGE_SQL
             for sql in statements:
                 await cur.execute(sql, params)
+            if metadata:
+                await cur.execute(PATCH_METADATA_SQL, (_jsonb(metadata), params["target"]))
         self.chains.forget([params["target"]])
 
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
@@ -673,6 +736,8 @@ class AsyncPostgres(SyncWrappers, _Rows, AsyncPostgresSaver):
                     blobs = self._blob_map(await self._blobs(cur, wanted))
                     for row in heads:
                         kept += self._kept_rows(self._tuple(row, self._raw_writes(row), blobs, seed=False), row, blobs)
+            if strategy == "delete":
+                await cur.execute(TOMBSTONE_SQL, (thread_ids,))
             for sql in DELETE_THREADS_SQL:
                 await cur.execute(sql, (thread_ids,))
             for sql, params in kept:

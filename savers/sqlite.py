@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager, contextmanager
 from functools import cached_property, lru_cache
 from typing import Any
 
+import orjson
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
     BaseCheckpointSaver,
@@ -58,7 +59,15 @@ from savers.serde import Serializer
 from savers.keyring import arun_plan, run_plan, serde_plan
 from savers.migrations import amigrate_sqlite, migrate_sqlite
 from savers.options import SaverOptions
-from savers.threads import SyncWrappers, no_checkpoint, prune_args, refuse_delta_threads, target_exists
+from savers.threads import (
+    SyncWrappers,
+    no_checkpoint,
+    prune_args,
+    refuse_delta_threads,
+    target_exists,
+    thread_deleted,
+    writer_conflict,
+)
 
 # Readers (e.g. `history` while a run writes) wait this long for a lock instead of failing at once.
 BUSY_TIMEOUT_MS = 10_000
@@ -90,7 +99,22 @@ SELECT_KEPT = ("SELECT channel, version, type, blob FROM agent_blobs WHERE threa
                "AND version IN (SELECT value FROM json_each(?))")
 INSERT_KEPT = ("INSERT OR IGNORE INTO agent_blobs (thread_id, checkpoint_ns, channel, version, type, blob) "
                "VALUES (?, ?, ?, ?, ?, ?)")
-INSERT_CHECKPOINT = f"INSERT OR REPLACE INTO checkpoints ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+INSERT_CHECKPOINT = f"INSERT INTO checkpoints ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+# A write naming a checkpoint of a deleted thread (savers/migrations.py agent_tombstones): parameters are
+# the thread id and the checkpoint id the write names (for a put, its parent).
+_DELETED = "SELECT 1 FROM agent_tombstones WHERE thread_id = ? AND ? <= last_checkpoint_id"
+# put: an upsert (never REPLACE, which would also delete a row the one-writer index finds in conflict),
+# unless the thread was deleted under the run.
+PUT_CHECKPOINT = (f"INSERT INTO checkpoints ({_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS ({_DELETED}) "
+                  "ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id) DO UPDATE SET "
+                  "parent_checkpoint_id = excluded.parent_checkpoint_id, type = excluded.type, "
+                  "checkpoint = excluded.checkpoint, metadata = excluded.metadata")
+TOMBSTONE = ("INSERT INTO agent_tombstones (thread_id, last_checkpoint_id) SELECT thread_id, MAX(checkpoint_id) "
+             "FROM checkpoints WHERE thread_id IN (SELECT value FROM json_each(?)) GROUP BY thread_id "
+             "ON CONFLICT (thread_id) DO UPDATE SET "
+             "last_checkpoint_id = MAX(last_checkpoint_id, excluded.last_checkpoint_id)")
+REVIVE = "DELETE FROM agent_tombstones WHERE thread_id = ?"
+PATCH_METADATA = "UPDATE checkpoints SET metadata = CAST(json_patch(CAST(metadata AS TEXT), ?) AS BLOB) WHERE thread_id = ?"
 INSERT_WRITES = f"INSERT OR IGNORE INTO writes ({_WRITE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 TABLES = ("checkpoints", "writes", "agent_blobs")
 DELETE_THREADS = tuple(f"DELETE FROM {t} WHERE thread_id IN (SELECT value FROM json_each(?))" for t in TABLES)
@@ -149,7 +173,8 @@ SELECT_LINEAGE_WRITES = ("SELECT w.checkpoint_ns, w.channel, w.type, w.value FRO
 def _insert_writes(n: int, replace: bool) -> str:
     """One INSERT for a task's n writes: one statement, one transaction, one call into SQLite."""
     rows = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * n)
-    return f"INSERT OR {'REPLACE' if replace else 'IGNORE'} INTO writes ({_WRITE_COLUMNS}) VALUES {rows}"
+    return (f"INSERT OR {'REPLACE' if replace else 'IGNORE'} INTO writes ({_WRITE_COLUMNS}) "
+            f"SELECT * FROM (VALUES {rows}) WHERE NOT EXISTS ({_DELETED})")
 
 
 # A plan is a generator of (sql, params, many) that receives each statement's rows and returns its result;
@@ -199,7 +224,14 @@ class _Rows:
 
     def _writes_statement(self, config, writes, task_id: str, task_path: str) -> tuple[str, list]:
         params, special = write_params(self.chains, self.serde, config, writes, task_id, task_path)
-        return _insert_writes(len(writes), special), params
+        return _insert_writes(len(writes), special), [*params, params[0], params[2]]
+
+    @staticmethod
+    def _refused(exc: sqlite3.IntegrityError, row) -> Exception:
+        """A put the one-writer index refused, as the error a user reads; other integrity errors as they are."""
+        if "checkpoints.parent_checkpoint_id" not in str(exc):  # SQLite names the index by its columns
+            return exc
+        return writer_conflict(row[0], row[3])
 
     # -- reading ---------------------------------------------------------------------------------------
 
@@ -307,7 +339,10 @@ class _Rows:
                 tuples.append(tup)
         return tuples
 
-    def _delete_plan(self, thread_ids: list[str]) -> Plan:
+    def _delete_plan(self, thread_ids: list[str], *, final: bool = False) -> Plan:
+        """`final`: remember the threads as deleted (agent_tombstones), so late writes cannot bring them back."""
+        if final:
+            yield TOMBSTONE, (json.dumps(thread_ids),), False
         for sql in DELETE_THREADS:
             yield sql, (json.dumps(thread_ids),), False
 
@@ -323,9 +358,15 @@ class _Rows:
         for sql in DELETE_RUNS:
             yield sql, (runs,), False
 
-    def _copy_plan(self, source: str, target: str, up_to: str | None) -> Plan:
+    def _copy_plan(self, source: str, target: str, up_to: str | None, metadata: dict | None) -> Plan:
         if (yield EXISTS_THREAD, (target,), False):
             raise target_exists(target)
+        yield REVIVE, (target,), False
+        yield from self._copy_rows(source, target, up_to)
+        if metadata:
+            yield PATCH_METADATA, (orjson.dumps(metadata).decode(), target), False
+
+    def _copy_rows(self, source: str, target: str, up_to: str | None) -> Plan:
         if up_to is None:
             for sql in COPY_ALL:
                 yield sql, (target, source), False
@@ -363,7 +404,7 @@ class _Rows:
             for thread_id in thread_ids:
                 for row in (yield SELECT_HEADS, (thread_id,), False):
                     kept.append((yield from self._standalone(row)))
-        yield from self._delete_plan(thread_ids)
+        yield from self._delete_plan(thread_ids, final=strategy == "delete")
         for checkpoint_row, write_rows in kept:
             yield INSERT_CHECKPOINT, checkpoint_row, False
             if write_rows:
@@ -446,7 +487,12 @@ class Sqlite(_Rows, SqliteSaver):
         row, encoded = self._checkpoint_row(config, checkpoint, metadata, new_versions)
         with self.lock:
             self.setup()
-            self.conn.execute(INSERT_CHECKPOINT, row)
+            try:
+                stored = self.conn.execute(PUT_CHECKPOINT, (*row, row[0], row[3])).rowcount
+            except sqlite3.IntegrityError as exc:
+                raise self._refused(exc, row) from None
+        if not stored:
+            raise thread_deleted(row[0])
         self.chains.remember(row[0], row[1], encoded)
         return next_config(config, checkpoint)
 
@@ -456,10 +502,16 @@ class Sqlite(_Rows, SqliteSaver):
             sql, params = self._writes_statement(config, writes, task_id, task_path)
             with self.lock:
                 self.setup()
-                self.conn.execute(sql, params)
+                if not self.conn.execute(sql, params).rowcount and self.conn.execute(_DELETED, params[-2:]).fetchone():
+                    raise thread_deleted(params[0])
+
+    def revive(self, thread_id: str) -> None:
+        with self.lock:
+            self.setup()
+            self.conn.execute(REVIVE, (str(thread_id),))
 
     def delete_thread(self, thread_id: str) -> None:
-        self._run(self._delete_plan([str(thread_id)]), "BEGIN IMMEDIATE")
+        self._run(self._delete_plan([str(thread_id)], final=True), "BEGIN IMMEDIATE")
         self.chains.forget([thread_id])
 
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
@@ -468,11 +520,13 @@ class Sqlite(_Rows, SqliteSaver):
         if run_ids:
             self._run(self._delete_runs_plan([str(r) for r in run_ids]), "BEGIN IMMEDIATE")
 
-    def copy_thread(self, source_thread_id: str, target_thread_id: str, *, up_to: str | None = None) -> None:
+    def copy_thread(self, source_thread_id: str, target_thread_id: str, *, up_to: str | None = None,
+                    metadata: dict | None = None) -> None:
         """Copy a thread, or with `up_to` one lineage of it: that checkpoint, its ancestors, their pending
         writes (except the writes of `up_to` itself, which belong to the step after it), the subgraph
-        checkpoints under them, and the values they refer to. Checkpoint ids stay the same."""
-        plan = self._copy_plan(str(source_thread_id), str(target_thread_id), up_to)
+        checkpoints under them, and the values they refer to. Checkpoint ids stay the same; `metadata` is
+        added to every copied checkpoint's (e.g. branch_of), in one transaction with the copy."""
+        plan = self._copy_plan(str(source_thread_id), str(target_thread_id), up_to, metadata)
         self._run(plan, "BEGIN IMMEDIATE")
         self.chains.forget([target_thread_id])
 
@@ -549,7 +603,13 @@ class AsyncSqlite(SyncWrappers, _Rows, AsyncSqliteSaver):
         row, encoded = self._checkpoint_row(config, checkpoint, metadata, new_versions)
         await self.setup()
         async with self.lock:
-            await self.conn.execute(INSERT_CHECKPOINT, row)
+            try:
+                async with self.conn.execute(PUT_CHECKPOINT, (*row, row[0], row[3])) as cur:
+                    stored = cur.rowcount
+            except sqlite3.IntegrityError as exc:
+                raise self._refused(exc, row) from None
+        if not stored:
+            raise thread_deleted(row[0])
         self.chains.remember(row[0], row[1], encoded)
         return next_config(config, checkpoint)
 
@@ -559,18 +619,29 @@ class AsyncSqlite(SyncWrappers, _Rows, AsyncSqliteSaver):
             sql, params = self._writes_statement(config, writes, task_id, task_path)
             await self.setup()
             async with self.lock:
-                await self.conn.execute(sql, params)
+                async with self.conn.execute(sql, params) as cur:
+                    stored = cur.rowcount
+                if not stored:
+                    async with self.conn.execute(_DELETED, params[-2:]) as cur:
+                        if await cur.fetchone():
+                            raise thread_deleted(params[0])
+
+    async def arevive(self, thread_id: str) -> None:
+        await self.setup()
+        async with self.lock:
+            await self.conn.execute(REVIVE, (str(thread_id),))
 
     async def adelete_thread(self, thread_id: str) -> None:
-        await self._run(self._delete_plan([str(thread_id)]), "BEGIN IMMEDIATE")
+        await self._run(self._delete_plan([str(thread_id)], final=True), "BEGIN IMMEDIATE")
         self.chains.forget([thread_id])
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
         if run_ids:
             await self._run(self._delete_runs_plan([str(r) for r in run_ids]), "BEGIN IMMEDIATE")
 
-    async def acopy_thread(self, source_thread_id: str, target_thread_id: str, *, up_to: str | None = None) -> None:
-        plan = self._copy_plan(str(source_thread_id), str(target_thread_id), up_to)
+    async def acopy_thread(self, source_thread_id: str, target_thread_id: str, *, up_to: str | None = None,
+                           metadata: dict | None = None) -> None:
+        plan = self._copy_plan(str(source_thread_id), str(target_thread_id), up_to, metadata)
         await self._run(plan, "BEGIN IMMEDIATE")
         self.chains.forget([target_thread_id])
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from savers.errors import StorageError
+from savers.errors import StorageError, ThreadDeleted, WriterConflict
 
 PRUNE_STRATEGIES = ("keep_latest", "delete")
 
@@ -44,18 +44,46 @@ def no_checkpoint(source: str, checkpoint_id: str) -> CheckpointNotFound:
     return CheckpointNotFound(f"thread '{source}' has no checkpoint {checkpoint_id}")
 
 
+def writer_conflict(thread_id: str, parent_id: str | None) -> WriterConflict:
+    where = f"checkpoint {parent_id}" if parent_id else "its start"
+    return WriterConflict(f"thread '{thread_id}': another writer already went on from {where}, so this run "
+                          "stopped instead of forking the thread (one writer per thread); see `history`, and "
+                          "`resume` from the head if the other run is gone")
+
+
+def thread_deleted(thread_id: str) -> ThreadDeleted:
+    return ThreadDeleted(f"thread '{thread_id}' was deleted while this run wrote to it; the write is refused "
+                         "(delete is final - a new run on the thread id starts afresh)")
+
+
+def revive(saver, thread_id: str) -> None:
+    """Before writing a thread on purpose with its old checkpoint ids (import, branch, migrate, a restore):
+    forget that a thread of that id was deleted, so its writes are not refused as late ones."""
+    if (method := getattr(saver, "revive", None)) is not None:
+        method(thread_id)
+
+
+async def arevive(saver, thread_id: str) -> None:
+    if (method := getattr(saver, "arevive", None)) is not None:
+        await method(thread_id)
+
+
 class SyncWrappers:
     """The synchronous twins of an async saver's copy_thread / delete_for_runs / prune, as the official async
     savers offer for their other methods: run on the saver's event loop, from another thread only."""
 
-    def copy_thread(self, source_thread_id: str, target_thread_id: str, *, up_to: str | None = None) -> None:
-        self._from_thread(self.acopy_thread(source_thread_id, target_thread_id, up_to=up_to))
+    def copy_thread(self, source_thread_id: str, target_thread_id: str, *, up_to: str | None = None,
+                    metadata: dict | None = None) -> None:
+        self._from_thread(self.acopy_thread(source_thread_id, target_thread_id, up_to=up_to, metadata=metadata))
 
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
         self._from_thread(self.adelete_for_runs(run_ids))
 
     def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         self._from_thread(self.aprune(thread_ids, strategy=strategy))
+
+    def revive(self, thread_id: str) -> None:
+        self._from_thread(self.arevive(thread_id))
 
     def _from_thread(self, coro):
         try:
