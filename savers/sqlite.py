@@ -91,6 +91,9 @@ SELECT_LATEST = (f"SELECT {_COLUMNS} FROM checkpoints WHERE thread_id = ? AND ch
 SELECT_WRITES = ("SELECT task_id, channel, type, value, task_path, idx FROM writes "
                  "WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id = ?")
 SELECT_ALL_WRITES = f"SELECT {_WRITE_COLUMNS} FROM writes WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id = ?"
+SELECT_LISTED_WRITES = ("SELECT checkpoint_id, task_id, channel, type, value, task_path, idx FROM writes "
+                        "WHERE thread_id = ? AND checkpoint_ns = ? "
+                        "AND checkpoint_id IN (SELECT value FROM json_each(?))")
 # Rows that store values other checkpoints refer to; and values kept after their row was deleted
 # (agent_blobs, keyed by the id of the row they came from: delete_for_runs keeps them there).
 SELECT_ROWS = ("SELECT checkpoint_id, type, checkpoint FROM checkpoints WHERE thread_id = ? AND checkpoint_ns = ? "
@@ -187,6 +190,11 @@ def _params(config) -> tuple[str, str]:
     return str(configurable["thread_id"]), configurable.get("checkpoint_ns", "")
 
 
+def _wanted(where: dict, writes: list) -> set:
+    """The stored values a checkpoint needs: those it keeps apart, and the bases of its writes' deltas."""
+    return set(where.items()) | {(w[1], base) for w in writes if (base := delta_base(w[2], w[3])) is not None}
+
+
 class _Rows:
     """Rows in and out of the SQLite tables, and every operation as a plan, shared by the sync and async
     savers (which only run plans)."""
@@ -275,18 +283,27 @@ class _Rows:
 
     def _read(self, row, rows: dict, *, seed: bool) -> Plan:
         """The CheckpointTuple of a checkpoint row: its writes, and the values it refers to."""
-        thread_id, ns, checkpoint_id, parent_id, type_, data, meta = row
+        thread_id, ns, checkpoint_id = row[:3]
         writes = self._unseal_writes((yield SELECT_WRITES, (thread_id, ns, checkpoint_id), False))
+        checkpoint, where = self._open(row, rows)
+        found = yield from self._resolve(thread_id, ns, _wanted(where, writes), rows)
+        return self._tuple(row, checkpoint, where, writes, Decoder(self.serde, found), seed=seed)
+
+    def _open(self, row, rows: dict) -> tuple[dict, dict]:
+        """A row's checkpoint, without the values it keeps apart, and where each of those is stored
+        ({channel: key}); the values the row itself stores go into `rows`."""
+        checkpoint_id, type_, data = row[2], row[4], row[5]
         compact = self._unpack(type_, data)
         if compact is None:  # written by the official saver: every value inline
-            checkpoint, where = self.serde.loads_typed((type_, data)), {}
-        else:
-            checkpoint = compact
-            rows[checkpoint_id] = {c: tuple(v) for c, v in checkpoint.pop("values").items()}
-            where = {c: key or checkpoint_id for c, key in checkpoint.pop("apart").items()}
-        wanted = set(where.items()) | {(w[1], base) for w in writes if (base := delta_base(w[2], w[3])) is not None}
-        found = yield from self._resolve(thread_id, ns, wanted, rows)
-        decoder = Decoder(self.serde, found)
+            return self.serde.loads_typed((type_, data)), {}
+        rows[checkpoint_id] = {c: tuple(v) for c, v in compact.pop("values").items()}
+        return compact, {c: key or checkpoint_id for c, key in compact.pop("apart").items()}
+
+    def _tuple(self, row, checkpoint: dict, where: dict, writes: list, decoder: Decoder, *,
+               seed: bool) -> CheckpointTuple:
+        """The CheckpointTuple of an opened row, its values decoded from what `decoder` was given."""
+        thread_id, ns, checkpoint_id, parent_id, _, _, meta = row
+        found = decoder.blobs
         versions, tips, known = checkpoint["channel_versions"], {}, {}
         try:
             for channel, key in where.items():
@@ -329,12 +346,33 @@ class _Rows:
         query = f"SELECT {_COLUMNS} FROM checkpoints {where} ORDER BY checkpoint_id DESC"
         if limit is not None and not sealed:
             query, params = query + " LIMIT ?", (*params, int(limit))
-        rows_by_thread: dict = {}  # rows read once per list, however many checkpoints refer to them
+        rows = yield query, tuple(params), False
+        # Per thread and namespace, not per checkpoint: one statement for the writes of all its rows, and
+        # one resolve of the values they refer to, so a list costs the same few statements however long.
+        groups: dict[tuple, list] = {}
+        for row in rows:
+            groups.setdefault(row[:2], []).append(row)
+        opened: dict[tuple, tuple] = {}  # (thread, ns, id) -> (checkpoint, apart, writes, decoder)
+        for (thread_id, ns), group in groups.items():
+            writes: dict[str, list] = {row[2]: [] for row in group}
+            ids = json.dumps(list(writes))
+            for checkpoint_id, *write in (yield SELECT_LISTED_WRITES, (thread_id, ns, ids), False):
+                writes[checkpoint_id].append(write)
+            stored: dict = {}  # rows' values by id: the listed rows', and any they refer to
+            wanted: set = set()
+            for row in group:
+                checkpoint, apart = self._open(row, stored)
+                writes[row[2]] = self._unseal_writes(writes[row[2]])
+                wanted |= _wanted(apart, writes[row[2]])
+                opened[row[:3]] = (checkpoint, apart, writes[row[2]])
+            decoder = Decoder(self.serde, (yield from self._resolve(thread_id, ns, wanted, stored)))
+            for row in group:
+                opened[row[:3]] += (decoder,)
         tuples = []
-        for row in (yield query, tuple(params), False):
+        for row in rows:
             if limit is not None and len(tuples) >= limit:
                 break
-            tup = yield from self._read(row, rows_by_thread.setdefault(row[:2], {}), seed=False)
+            tup = self._tuple(row, *opened[row[:3]], seed=False)
             if matches(tup.metadata, sealed):
                 tuples.append(tup)
         return tuples

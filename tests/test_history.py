@@ -1,15 +1,22 @@
-"""`history` means what it says: one documented order, and pages that show every checkpoint exactly once."""
+"""`history` means what it says: one documented order, pages that show every checkpoint exactly once, and a
+constant number of queries however long the thread (counted at the database driver, not assumed)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
+from contextlib import contextmanager
 
+import psycopg
 import pytest
+from langgraph.types import StateUpdate
 
 import savers
 from agent import Agent, AsyncAgent, BadInput, CheckpointNotFound
 from agent.history import history_order
+from agent.models import make_model
+from graphs.cot import build_graph
 
 QUESTION = "What is 2*3+4*5-6?"  # four steps with the offline model
 
@@ -136,15 +143,15 @@ def test_cli_pages_with_next_before(cli, tmp_path):
     whole = json.loads(cli("history", "--thread", "t", "--json", *db).stdout)
     pages, before = [], []
     while True:
-        result = cli("history", "--thread", "t", "--limit", "8", *before, "--json", *db)
+        result = cli("history", "--thread", "t", "--limit", "10", *before, "--json", *db)
         assert result.returncode == 0, result.stderr
         page = json.loads(result.stdout)
-        assert page["thread_id"] == "t" and len(page["checkpoints"]) <= 8
+        assert page["thread_id"] == "t" and len(page["checkpoints"]) <= 10
         pages.insert(0, page["checkpoints"])
         if page["next_before"] is None:
             break
         before = ["--before", page["next_before"]]
-    assert [row for page in pages for row in page] == whole
+    assert len(pages) > 2 and [row for page in pages for row in page] == whole
 
     text = cli("history", "--thread", "t", "--limit", "3", *db)
     assert text.returncode == 0 and f"--limit 3 --before {whole[-3]['checkpoint_id']}" in text.stdout
@@ -154,3 +161,74 @@ def test_cli_pages_with_next_before(cli, tmp_path):
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
         assert "Traceback" not in result.stderr
+
+
+# -- no N+1: the statements one `history` sends to the database, for 10 and for 1,000 checkpoints ------------
+
+
+def grow(db_url: str, thread: str, checkpoints: int) -> None:
+    """A real run, then edits (each one checkpoint) until the thread holds `checkpoints`: a straight line with
+    a branch off an early checkpoint every 250, the result list growing by one item per edit."""
+    with savers.open_saver(db_url) as saver:
+        graph = build_graph(make_model("offline")).compile(checkpointer=saver)
+        graph.invoke({"question": QUESTION, "plan": [], "results": [], "draft": "", "answer": "",
+                      "validation": {}, "revisions": 0}, config(thread))
+        made = len(list(saver.list(config(thread))))
+        early = [t.checkpoint["id"] for t in saver.list(config(thread))][-3]
+        results: list[str] = []
+        while made < checkpoints:
+            batch = min(250, checkpoints - made)
+            updates = []
+            for _ in range(batch):
+                results = [*results, f"result {len(results) + 1}"]
+                updates.append([StateUpdate({"results": results, "draft": results[-1]}, "execute")])
+            start = config(thread, early) if made > 250 else config(thread)
+            graph.bulk_update_state(start, updates)
+            made += batch
+
+
+@contextmanager
+def statements(agent: Agent):
+    """Every SQL statement the agent sends while the block runs: SQLite's own trace of the saver's connection;
+    for Postgres, each statement psycopg's cursors execute, on any connection of the pool."""
+    sent: list[str] = []
+    conn = agent._core.saver.conn
+    if isinstance(conn, sqlite3.Connection):
+        conn.set_trace_callback(sent.append)
+        try:
+            yield sent
+        finally:
+            conn.set_trace_callback(None)
+        return
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("execute", "executemany"):
+            original = getattr(psycopg.Cursor, name)
+
+            def counted(self, query, *args, _original=original, **kwargs):
+                sent.append(str(query))
+                return _original(self, query, *args, **kwargs)
+
+            patch.setattr(psycopg.Cursor, name, counted)
+        yield sent
+
+
+def test_history_costs_the_same_queries_for_10_and_1000_checkpoints(db_url):
+    grow(db_url, "small", 10)
+    grow(db_url, "large", 1000)
+    with Agent(db=db_url) as agent:
+        counts = {}
+        for thread in ("small", "large"):
+            with statements(agent) as sent:
+                rows = agent.history(thread)
+            counts[thread] = len(sent)
+            assert len(rows) >= {"small": 10, "large": 1000}[thread]
+        assert rows[-1].summary == "step 992 → result 992" and sum(r.head for r in rows) == 1
+        assert counts["large"] == counts["small"] > 0, counts
+        pages = {}
+        for limit in (10, 200):
+            with statements(agent) as sent:
+                assert agent.history("large", limit=limit, before=rows[500].checkpoint_id) == rows[500 - limit:500]
+            pages[limit] = len(sent)
+        # A page costs what its place in the thread costs (SQLite follows the delta chains of values stored
+        # before it, one level a statement), not one more per row.
+        assert pages[200] <= pages[10] + 3, pages
