@@ -622,6 +622,9 @@ def export_command(
 
         with output_file(output, sys.stdout) as out:
             report = agent.export(out, threads_)
+        if agent.encrypted:
+            _console(stderr=True).print("note: the database is encrypted, the export is not: keep the file as safe "
+                                        "as the key", markup=False)
         if output is not None:
             _console(stderr=True).print(f"Exported {len(report.threads)} threads, {report.checkpoints} checkpoints "
                                         f"and {report.writes} writes to {output}.", markup=False)
@@ -647,9 +650,6 @@ def import_command(
         renames = parse_renames(rename or [])
         with _open_agent({"db": db}) as agent:
             report = agent.import_file(file, renames=renames, overwrite=overwrite)
-        if agent.encrypted:
-            _console(stderr=True).print("note: the database is encrypted, the export is not: keep the file as safe "
-                                        "as the key", markup=False)
         if as_json:
             _print_json(report.to_dict())
         else:

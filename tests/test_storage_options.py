@@ -110,6 +110,11 @@ def test_without_the_key_or_with_another_the_database_is_refused_with_one_clear_
     right = cli("show", "--thread", "t1", "--db", db_url, "--json", env={"AGENT_ENCRYPTION_KEY": KEY})
     assert right.returncode == 0, right.stderr
     assert json.loads(right.stdout)["answer"] == "42"
+    if backend(db_url) == "sqlite":  # the export of an encrypted database says it is plaintext; an import does not
+        exported = cli("export", "-o", "t1.jsonl", "--db", db_url, env={"AGENT_ENCRYPTION_KEY": KEY})
+        assert exported.returncode == 0 and "the export is not" in exported.stderr
+        imported = cli("import", "t1.jsonl", "--db", "sqlite:///copy.db", env={"AGENT_ENCRYPTION_KEY": KEY})
+        assert imported.returncode == 0 and "the export is not" not in imported.stderr
 
 
 def test_a_plaintext_database_is_not_mixed_with_encrypted_rows_and_migrate_encrypts_it(db_url, tmp_path, monkeypatch):
