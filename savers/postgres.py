@@ -59,7 +59,7 @@ from savers.compact import (
     unseal_metadata,
 )
 from savers.errors import StorageError
-from savers.serde import Serializer
+from savers.serde import Serializer, saver_with_allowlist
 from savers.keyring import arun_plan, run_plan, serde_plan
 from savers.migrations import amigrate_postgres, migrate_postgres
 from savers.options import SaverOptions
@@ -255,6 +255,9 @@ class _Rows:
     @cached_property
     def chains(self) -> Chains:
         return Chains()
+
+    def with_allowlist(self, extra_allowlist):
+        return saver_with_allowlist(self, extra_allowlist)
 
     # -- writing ---------------------------------------------------------------------------------------
 

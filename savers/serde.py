@@ -270,6 +270,16 @@ class Serializer(SerializerProtocol):
     def encrypted(self) -> bool:
         return self.cipher is not None
 
+    def with_msgpack_allowlist(self, extra_allowlist) -> Serializer:
+        """What LangGraph asks of a serializer under LANGGRAPH_STRICT_MSGPACK: the same, also allowing the
+        graph's own schema types (ours has none beyond plain data, so this is usually itself)."""
+        inner = self.inner.with_msgpack_allowlist(extra_allowlist) if hasattr(
+            self.inner, "with_msgpack_allowlist") else self.inner
+        if inner is self.inner:
+            return self
+        return Serializer(inner, compression=self.compression, cipher=self.cipher,
+                          compress_min_bytes=self.compress_min_bytes)
+
     def dumps_typed(self, obj: Any) -> tuple[str, bytes]:
         return self.seal(*self.inner.dumps_typed(obj))
 
@@ -338,3 +348,15 @@ def serde_from_env(environ: Mapping[str, str] | None = None, *, salt: bytes | No
                            f"{', '.join(COMPRESSIONS)} or none")
     return make_serde(compression=None if compression in ("", "none") else compression,
                       encryption_key=env.get(ENV_KEY), salt=salt)
+
+
+def saver_with_allowlist(saver, extra_allowlist):
+    """BaseCheckpointSaver.with_allowlist for our savers, whose serializer LangGraph does not know."""
+    import copy
+
+    serde = saver.serde.with_msgpack_allowlist(extra_allowlist)
+    if serde is saver.serde:
+        return saver
+    clone = copy.copy(saver)
+    clone.serde = serde
+    return clone

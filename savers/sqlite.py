@@ -55,7 +55,7 @@ from savers.compact import (
     unseal_metadata,
 )
 from savers.errors import StorageError
-from savers.serde import Serializer
+from savers.serde import Serializer, saver_with_allowlist
 from savers.keyring import arun_plan, run_plan, serde_plan
 from savers.migrations import amigrate_sqlite, migrate_sqlite
 from savers.options import SaverOptions
@@ -204,6 +204,9 @@ class _Rows:
     @cached_property
     def chains(self) -> Chains:
         return Chains()
+
+    def with_allowlist(self, extra_allowlist):
+        return saver_with_allowlist(self, extra_allowlist)
 
     # -- writing ---------------------------------------------------------------------------------------
 

@@ -169,3 +169,13 @@ def test_a_stored_row_crafted_to_run_a_command_is_refused_and_runs_nothing(db_ur
         assert shown.returncode == 2 and "Traceback" not in shown.stderr
         assert shown.stderr.startswith("error: a stored value names types that are never loaded from storage")
     assert not witness.exists()
+
+
+def test_langgraph_strict_msgpack_mode_keeps_our_serializer_and_warns_nothing(cli):
+    """Under LANGGRAPH_STRICT_MSGPACK LangGraph asks the saver for a copy allowing the graph's schema types;
+    a serializer it does not know gets "does not support msgpack allowlist" logged on every run."""
+    for durability in ("sync", "async"):
+        run = cli("reason", "What is 2+3*4?", "--thread", durability,
+                  env={"LANGGRAPH_STRICT_MSGPACK": "true", "AGENT_DURABILITY": durability})
+        assert run.returncode == 0 and "Answer: 14" in run.stdout
+        assert "allowlist" not in run.stderr and run.stderr.strip() == "", run.stderr
