@@ -387,6 +387,11 @@ class _Core:
             before = self.pick(thread, prefix, sorted(cid for cid in links if cid.startswith(prefix)))
         return history_page(links, limit, before)
 
+    def page_read(self, thread: str, page: Page) -> dict[str, Any]:
+        """get_state_history's arguments that read a page's id range in one list()."""
+        upper = self.config(thread, page.read_before) if page.read_before else None
+        return {"config": self.config(thread), "before": upper, "limit": page.read_limit}
+
     @staticmethod
     def unread(page: Page, snapshots: list) -> list[str]:
         """Checkpoints the page needs that its range read did not bring: parents listed earlier, and any
@@ -612,9 +617,7 @@ class Agent(_Base):
         page = self._core.history_page(thread, links, limit, before)
         if not page.ids:
             return HistoryPage()
-        upper = self._core.config(thread, page.read_before) if page.read_before else None
-        snapshots = list(self._core.reader().get_state_history(self._core.config(thread), before=upper,
-                                                               limit=page.read_limit))
+        snapshots = list(self._core.reader().get_state_history(**self._core.page_read(thread, page)))
         snapshots += [self._snapshot(thread, cid) for cid in self._core.unread(page, snapshots)]
         return self._core.history_rows(page, links, snapshots)
 
@@ -882,9 +885,7 @@ class AsyncAgent(_Base):
         page = self._core.history_page(thread, links, limit, before)
         if not page.ids:
             return HistoryPage()
-        upper = self._core.config(thread, page.read_before) if page.read_before else None
-        snapshots = [s async for s in self._core.reader().aget_state_history(self._core.config(thread), before=upper,
-                                                                             limit=page.read_limit)]
+        snapshots = [s async for s in self._core.reader().aget_state_history(**self._core.page_read(thread, page))]
         snapshots += [await self._snapshot(thread, cid) for cid in self._core.unread(page, snapshots)]
         return self._core.history_rows(page, links, snapshots)
 
