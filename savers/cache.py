@@ -10,7 +10,7 @@ import json
 import threading
 from typing import Any
 
-from savers.compact import encrypted, seal, unseal
+from savers.compact import context, encrypted, seal, unseal
 
 _GET = "SELECT value FROM agent_llm_cache WHERE key = {p}"
 _FORGET = "DELETE FROM agent_llm_cache WHERE thread_id = {p}"
@@ -24,7 +24,8 @@ _PUT = ("INSERT INTO agent_llm_cache (key, model, thread_id, value) VALUES ({p},
 SEALED_PREFIX = "~"
 
 
-def _decode(row: Any, serde=None) -> dict | None:
+def _decode(row: Any, serde=None, key: str = "") -> dict | None:
+    """A stored reply; sealed ones are bound to their cache key (copied under another key, they fail)."""
     if row is None:
         return None
     value = row["value"] if isinstance(row, dict) else row[0]
@@ -32,7 +33,7 @@ def _decode(row: Any, serde=None) -> dict | None:
         import base64
 
         type_, _, data = value[len(SEALED_PREFIX):].partition(":")
-        return json.loads(unseal(serde, type_, base64.b64decode(data))[1])
+        return json.loads(unseal(serde, type_, base64.b64decode(data), context("reply", key))[1])
     if encrypted(serde):
         unseal(serde, "json", value.encode())  # refuses a plain reply where encryption is on, like any row
     return json.loads(value)
@@ -41,7 +42,7 @@ def _decode(row: Any, serde=None) -> dict | None:
 def _params(key: str, model: str, thread_id: str | None, value: dict, serde=None) -> tuple:
     text = json.dumps(value, sort_keys=True)
     if serde is not None:
-        type_, data = seal(serde, "json", text.encode())
+        type_, data = seal(serde, "json", text.encode(), context("reply", key))
         if type_ != "json":
             import base64
 
@@ -101,7 +102,7 @@ class SqliteCache(_Sealed):
 
     def get(self, key: str) -> dict | None:
         with self.lock:
-            return _decode(self.conn.execute(_GET.format(p="?"), (key,)).fetchone(), self.serde)
+            return _decode(self.conn.execute(_GET.format(p="?"), (key,)).fetchone(), self.serde, key)
 
     def put(self, key: str, model: str, thread_id: str | None, value: dict) -> None:
         with self.lock:
@@ -121,7 +122,7 @@ class AsyncSqliteCache(_Sealed):
     async def aget(self, key: str) -> dict | None:
         async with self.lock:
             async with self.conn.execute(_GET.format(p="?"), (key,)) as cur:
-                return _decode(await cur.fetchone(), self.serde)
+                return _decode(await cur.fetchone(), self.serde, key)
 
     async def aput(self, key: str, model: str, thread_id: str | None, value: dict) -> None:
         async with self.lock:
@@ -142,7 +143,7 @@ class PostgresCache(_Sealed):
 
     def get(self, key: str) -> dict | None:
         with self.pool.connection() as conn:
-            return _decode(conn.execute(_GET.format(p="%s"), (key,)).fetchone(), self.serde)
+            return _decode(conn.execute(_GET.format(p="%s"), (key,)).fetchone(), self.serde, key)
 
     def put(self, key: str, model: str, thread_id: str | None, value: dict) -> None:
         with self.pool.connection() as conn:
@@ -159,7 +160,7 @@ class AsyncPostgresCache(_Sealed):
 
     async def aget(self, key: str) -> dict | None:
         async with self.pool.connection() as conn:
-            return _decode(await (await conn.execute(_GET.format(p="%s"), (key,))).fetchone(), self.serde)
+            return _decode(await (await conn.execute(_GET.format(p="%s"), (key,))).fetchone(), self.serde, key)
 
     async def aput(self, key: str, model: str, thread_id: str | None, value: dict) -> None:
         async with self.pool.connection() as conn:

@@ -38,6 +38,8 @@ DELTA_MIN_SAVING = 64
 # How many threads' chain tips a saver remembers, and the largest list body it keeps for comparisons.
 MAX_THREADS = 512
 MAX_TIP_BYTES = 4 << 20
+# A list read back this many deltas deep is not extended by the next run: its next value is stored whole.
+MAX_SEED_DEPTH = 16
 
 
 # -- storage options: the savers encode values with the inner serializer (so list deltas compare plain msgpack)
@@ -50,12 +52,32 @@ def inner_of(serde) -> Any:
     return getattr(serde, "inner", serde)
 
 
-def seal(serde, type_: str, data: bytes) -> tuple[str, bytes]:
-    return serde.seal(type_, data) if hasattr(serde, "seal") else (type_, data)
+def context(kind: str, *where: Any) -> bytes:
+    """Where a sealed value is stored - its kind and row identity - bound to it as associated data, so an
+    encrypted value moved to another row (another thread, checkpoint, channel, task) does not decrypt.
+    Kinds: checkpoint and metadata (thread, ns, checkpoint id), write (thread, ns, checkpoint id, task id,
+    idx), value (thread, ns, channel, key), reply (cache key)."""
+    return "\x1f".join((kind, *(str(w) for w in where))).encode()
 
 
-def unseal(serde, type_: str, data: bytes) -> tuple[str, bytes]:
-    return serde.unseal(type_, data) if hasattr(serde, "unseal") else (type_, data)
+def seal(serde, type_: str, data: bytes, where: bytes = b"") -> tuple[str, bytes]:
+    return serde.seal(type_, data, where) if hasattr(serde, "seal") else (type_, data)
+
+
+def unseal(serde, type_: str, data: bytes, where: bytes = b"") -> tuple[str, bytes]:
+    return serde.unseal(type_, data, where) if hasattr(serde, "unseal") else (type_, data)
+
+
+def dump(serde, value: Any, where: bytes) -> tuple[str, bytes]:
+    """A value serialized and sealed for the row `where` names."""
+    return seal(serde, *inner_of(serde).dumps_typed(value), where)
+
+
+def load(serde, type_: str, data: bytes, where: bytes) -> Any:
+    """A value stored by dump, for the same row."""
+    if hasattr(serde, "load_inner"):
+        return serde.load_inner(*serde.unseal(type_, data, where))
+    return serde.loads_typed((type_, data))
 
 
 def encrypted(serde) -> bool:
@@ -74,38 +96,45 @@ def sealing(serde) -> bool:
     return encrypted(serde) or bool(getattr(serde, "compression", None))
 
 
-def sealed_text(serde, value: Any) -> str:
+def sealed_text(serde, value: Any, where: bytes) -> str:
     """A value serialized and sealed, as text a JSON column can hold: "type:base64"."""
     import base64
 
-    type_, data = serde.dumps_typed(value)
+    type_, data = dump(serde, value, where)
     return f"{type_}:{base64.b64encode(data).decode()}"
 
 
-def open_sealed(serde, text: str) -> Any:
+def open_sealed(serde, text: str, where: bytes) -> Any:
     import base64
 
     type_, _, data = text.partition(":")
-    return serde.loads_typed((type_, base64.b64decode(data)))
+    return load(serde, type_, base64.b64decode(data), where)
 
 
-def seal_metadata(serde, metadata: Mapping[str, Any]) -> dict[str, Any]:
+def seal_metadata(serde, metadata: Mapping[str, Any], where: bytes) -> dict[str, Any]:
     if not encrypted(serde):
         return dict(metadata)
     clear = {k: v for k, v in metadata.items() if k in CLEAR_METADATA}
     private = {k: v for k, v in metadata.items() if k not in CLEAR_METADATA}
     if private:
-        clear[SEALED] = sealed_text(serde, private)
+        clear[SEALED] = sealed_text(serde, private, where)
     return clear
 
 
-def unseal_metadata(serde, metadata: dict[str, Any]) -> dict[str, Any]:
+def unseal_metadata(serde, metadata: dict[str, Any], where: bytes) -> dict[str, Any]:
     """Metadata as it was put (the sealed keys restored); a sealed value without the key is an error."""
     sealed = metadata.get(SEALED) if isinstance(metadata, dict) else None
     if not isinstance(sealed, str) or ":" not in sealed:
         return metadata
     rest = {k: v for k, v in metadata.items() if k != SEALED}
-    return {**rest, **open_sealed(serde, sealed)}
+    return {**rest, **open_sealed(serde, sealed, where)}
+
+
+def reseal_metadata(serde, metadata: dict[str, Any], source: bytes, target: bytes) -> dict[str, Any]:
+    """Metadata copied to another row (copy_thread): its sealed keys sealed again for the target."""
+    if not isinstance(metadata, dict) or not isinstance(metadata.get(SEALED), str):
+        return metadata
+    return seal_metadata(serde, unseal_metadata(serde, metadata, source), target)
 
 
 def split_filter(serde, filter: Mapping[str, Any] | None) -> tuple[dict | None, dict]:
@@ -420,9 +449,22 @@ class Decoder:
             return first & 0x0F
         return int.from_bytes(data[1:3] if first == 0xDC else data[1:5], "big")
 
+    def depth(self, channel: str, type_: str, data: bytes) -> int:
+        """How many deltas lead from this stored value to a whole one."""
+        hops = 0
+        while type_ == DELTA:
+            hops += 1
+            type_, data = self.blobs[(channel, str(ormsgpack.unpackb(data)[0]))]
+        return hops
+
     def list_tip(self, channel: str, key: str, type_: str, data: bytes) -> tuple[str, int, bytes] | None:
-        """(key, n_items, body) if this stored value is a list a later delta could extend."""
+        """(key, n_items, body) if this stored value is a list a later delta could extend. Not when it is
+        already MAX_SEED_DEPTH deltas deep: each run (a resume, a fork) starts its Fenwick chain on the value
+        it read, so without this the depth would grow with the number of runs; the next value is stored
+        whole instead, and reads stay within MAX_SEED_DEPTH + log2(steps of one run) lookups."""
         if type_ == DELTA or (type_ == MSGPACK and _header_size(data)):
+            if self.depth(channel, type_, data) >= MAX_SEED_DEPTH:
+                return None
             n, body = self.body(channel, type_, data)
             return key, n, body
         return None
@@ -439,8 +481,9 @@ def write_params(chains, serde, config: Mapping[str, Any], writes, task_id: str,
     params: list = []
     for idx, (channel, value) in enumerate(writes):
         blob = chains.encode_write(inner_of(serde), thread_id, ns, channel, value)
-        params += (thread_id, ns, checkpoint_id, task_id, task_path, WRITES_IDX_MAP.get(channel, idx), channel,
-                   *seal(serde, blob.type, blob.data))
+        idx = WRITES_IDX_MAP.get(channel, idx)
+        params += (thread_id, ns, checkpoint_id, task_id, task_path, idx, channel,
+                   *seal(serde, blob.type, blob.data, context("write", thread_id, ns, checkpoint_id, task_id, idx)))
     return params, all(w[0] in WRITES_IDX_MAP for w in writes)
 
 

@@ -45,7 +45,11 @@ from savers.compact import (
     MissingBase,
     delta_base,
     inner_of,
+    context,
+    dump,
+    encrypted,
     open_sealed,
+    reseal_metadata,
     matches,
     pack_versions,
     seal,
@@ -216,6 +220,22 @@ COPY_LINEAGE_SQL = (
     f"AND c.checkpoint_id = w.checkpoint_id AND {_IN_LINEAGE})",
     COPY_ALL_SQL[2],
 )
+# What each statement of COPY_ALL_SQL / COPY_LINEAGE_SQL copies; with encryption on, each is run as a SELECT
+# (_as_select) and its rows inserted again with COPY_INSERT, sealed for the target thread.
+COPY_KINDS = ("checkpoint", "write", "value")
+COPY_INSERT = {
+    "checkpoint": f"INSERT INTO checkpoints ({_CHECKPOINT_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)",
+    "write": f"INSERT INTO checkpoint_writes ({_WRITE_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+    "value": f"INSERT INTO checkpoint_blobs (thread_id, {_BLOB_REST}) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+}
+
+
+def _as_select(copy_sql: str) -> str:
+    """The source rows a COPY statement would insert: "INSERT ... SELECT %(target)s, cols FROM ..." as
+    "SELECT thread_id, cols FROM ..."."""
+    return "SELECT thread_id, " + copy_sql.split(" SELECT %(target)s, ", 1)[1]
+
+
 INSERT_BLOB_SQL = (f"INSERT INTO checkpoint_blobs (thread_id, {_BLOB_REST}) VALUES (%s, %s, %s, %s, %s, %s, NULL) "
                    "ON CONFLICT DO NOTHING")
 INSERT_CHECKPOINT_SQL = f"INSERT INTO checkpoints ({_CHECKPOINT_COLUMNS}) VALUES (%s, %s, %s, NULL, %s, %s)"
@@ -270,13 +290,17 @@ class _Rows:
         params: list = []
         parent = configurable.get("checkpoint_id")
         for channel, blob in encoded.blobs.items():
-            params += (thread_id, ns, channel, str(versions[channel]), *seal(self.serde, blob.type, blob.data),
+            version = str(versions[channel])
+            params += (thread_id, ns, channel, version,
+                       *seal(self.serde, blob.type, blob.data, context("value", thread_id, ns, channel, version)),
                        blob.base)
         if encoded.blobs:
             params += (thread_id, parent)
         params += (thread_id, ns, checkpoint["id"], parent,
-                   self._checkpoint_column(pack_versions({**checkpoint, "channel_values": inline})),
-                   _jsonb(seal_metadata(self.serde, get_serializable_checkpoint_metadata(config, metadata))),
+                   self._checkpoint_column(pack_versions({**checkpoint, "channel_values": inline}),
+                                           context("checkpoint", thread_id, ns, checkpoint["id"])),
+                   _jsonb(seal_metadata(self.serde, get_serializable_checkpoint_metadata(config, metadata),
+                                        context("metadata", thread_id, ns, checkpoint["id"]))),
                    thread_id, parent)
         return put_sql(len(encoded.blobs)), params, encoded
 
@@ -293,22 +317,26 @@ class _Rows:
 
     # -- reading ---------------------------------------------------------------------------------------
 
-    def _checkpoint_column(self, compact: dict) -> Jsonb:
-        return _jsonb({SEALED_CHECKPOINT: sealed_text(self.serde, compact)} if sealing(self.serde) else compact)
+    def _checkpoint_column(self, compact: dict, where: bytes) -> Jsonb:
+        return _jsonb({SEALED_CHECKPOINT: sealed_text(self.serde, compact, where)} if sealing(self.serde)
+                      else compact)
 
     def _unpacked(self, rows) -> list:
         """Rows with their checkpoint column opened (unsealed) and versions unpacked."""
-        return [{**row, "checkpoint": unpack_versions(self._open_checkpoint(row["checkpoint"]))} for row in rows]
+        return [{**row, "checkpoint": unpack_versions(self._open_checkpoint(row["checkpoint"], context(
+            "checkpoint", row["thread_id"], row["checkpoint_ns"], row["checkpoint_id"])))} for row in rows]
 
-    def _open_checkpoint(self, column: dict) -> dict:
+    def _open_checkpoint(self, column: dict, where: bytes) -> dict:
         if isinstance(sealed := column.get(SEALED_CHECKPOINT), str):
-            return dict(open_sealed(self.serde, sealed))
+            return dict(open_sealed(self.serde, sealed, where))
         unseal(self.serde, "jsonb", b"")  # where encryption is on, a plaintext checkpoint is refused
         return dict(column)
 
     def _raw_writes(self, row) -> list[tuple]:
         """(task_id, channel, type, blob, task_path, idx) of a row's pending writes, unsealed."""
-        return [(t.decode(), c.decode(), *unseal(self.serde, ty.decode(), v), p.decode(), int(i))
+        where = (row["thread_id"], row["checkpoint_ns"], row["checkpoint_id"])
+        return [(t.decode(), c.decode(), *unseal(self.serde, ty.decode(), v,
+                                                 context("write", *where, t.decode(), int(i))), p.decode(), int(i))
                 for t, c, ty, v, p, i in row["writes"] or []]
 
     @staticmethod
@@ -325,10 +353,11 @@ class _Rows:
         return {"thread_id": rows[0]["thread_id"] if rows else "", "ns": ns, "channels": channels,
                 "versions": versions}
 
-    def _blob_map(self, blob_rows) -> dict:
+    def _blob_map(self, thread_id: str, blob_rows) -> dict:
         by_ns: dict[str, dict] = {}
         for r in blob_rows:
-            stored = (r["type"], r["blob"]) if r["type"] == "empty" else unseal(self.serde, r["type"], r["blob"])
+            where = context("value", thread_id, r["checkpoint_ns"], r["channel"], r["version"])
+            stored = (r["type"], r["blob"]) if r["type"] == "empty" else unseal(self.serde, r["type"], r["blob"], where)
             by_ns.setdefault(r["checkpoint_ns"], {})[(r["channel"], r["version"])] = stored
         return by_ns
 
@@ -356,7 +385,8 @@ class _Rows:
         parent = ({"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": parent_id}}
                   if parent_id else None)
         return CheckpointTuple(config, {**checkpoint, "channel_values": values},
-                               unseal_metadata(self.serde, row["metadata"]), parent, pending)
+                               unseal_metadata(self.serde, row["metadata"], context("metadata", thread_id, ns, checkpoint_id)),
+                               parent, pending)
 
     def _list_query(self, config, filter, before, limit) -> tuple[str, list, dict]:
         """The list query, and the filter on sealed metadata keys left to apply after reading (then the
@@ -374,8 +404,31 @@ class _Rows:
                              sealed)]
         return tuples if limit is None else tuples[:limit]
 
+    def _moved(self, kind: str, row: dict, target: str) -> tuple:
+        """A row of checkpoints, checkpoint_writes or checkpoint_blobs (COPY_KINDS) for another thread, what
+        it seals bound to the new row (savers.compact.context)."""
+        ns = row["checkpoint_ns"]
+        if kind == "checkpoint":
+            cid = row["checkpoint_id"]
+            column = row["checkpoint"]
+            if isinstance(sealed := column.get(SEALED_CHECKPOINT), str):
+                column = {SEALED_CHECKPOINT: sealed_text(self.serde, open_sealed(
+                    self.serde, sealed, context("checkpoint", row["thread_id"], ns, cid)), context("checkpoint", target, ns, cid))}
+            metadata = reseal_metadata(self.serde, row["metadata"], context("metadata", row["thread_id"], ns, cid),
+                                       context("metadata", target, ns, cid))
+            return target, ns, cid, row["parent_checkpoint_id"], _jsonb(column), _jsonb(metadata)
+        if kind == "write":
+            key = (ns, row["checkpoint_id"], row["task_id"], row["idx"])
+            stored = unseal(self.serde, row["type"], row["blob"], context("write", row["thread_id"], *key))
+            return (target, ns, row["checkpoint_id"], row["task_id"], row["task_path"], row["idx"], row["channel"],
+                    *seal(self.serde, *stored, context("write", target, *key)))
+        key = (ns, row["channel"], row["version"])
+        stored = (row["type"], row["blob"]) if row["type"] == "empty" else seal(self.serde, *unseal(
+            self.serde, row["type"], row["blob"], context("value", row["thread_id"], *key)), context("value", target, *key))
+        return (target, *key, *stored, row["base"])
+
     def _tuples(self, rows, blob_rows, *, seed: bool) -> list[CheckpointTuple]:
-        blobs = self._blob_map(blob_rows)
+        blobs = self._blob_map(rows[0]["thread_id"], blob_rows) if rows else {}
         return [self._tuple(row, self._raw_writes(row), blobs, seed=seed) for row in rows]
 
     def _kept_rows(self, tup: CheckpointTuple, row, writes_blobs: dict) -> list[tuple[str, tuple]]:
@@ -387,16 +440,20 @@ class _Rows:
         apart = {c: values[c] for c in checkpoint["channel_versions"] if c not in inline and c in values}
         encoded = self.chains.encode_checkpoint(inner_of(self.serde), thread_id, ns, apart,
                                                 checkpoint["channel_versions"], {}, full=True)
-        statements = [(INSERT_BLOB_SQL, (thread_id, ns, c, str(checkpoint["channel_versions"][c]),
-                                         *seal(self.serde, b.type, b.data)))
-                      for c, b in encoded.blobs.items()]
+        statements = []
+        for c, b in encoded.blobs.items():
+            version = str(checkpoint["channel_versions"][c])
+            statements.append((INSERT_BLOB_SQL, (thread_id, ns, c, version,
+                                                 *seal(self.serde, b.type, b.data, context("value", thread_id, ns, c, version)))))
         statements.append((INSERT_CHECKPOINT_SQL, (thread_id, ns, row["checkpoint_id"],
-                                                   self._checkpoint_column(pack_versions(checkpoint)),
+                                                   self._checkpoint_column(pack_versions(checkpoint), context(
+                                                       "checkpoint", thread_id, ns, row["checkpoint_id"])),
                                                    _jsonb(row["metadata"]))))
         decoder = Decoder(self.serde, writes_blobs.get(ns, {}))
         for task_id, channel, type_, value, task_path, idx in self._raw_writes(row):
-            type_, value = self.serde.dumps_typed(decoder.value(channel, type_, value)) if type_ == DELTA \
-                else seal(self.serde, type_, value)
+            where = context("write", thread_id, ns, row["checkpoint_id"], task_id, idx)
+            type_, value = dump(self.serde, decoder.value(channel, type_, value), where) if type_ == DELTA \
+                else seal(self.serde, type_, value, where)
             statements.append((INSERT_WRITE_SQL, (thread_id, ns, row["checkpoint_id"], task_id, task_path, idx,
                                                   channel, type_, value)))
         return statements
@@ -547,8 +604,12 @@ class Postgres(_Rows, PostgresSaver):
                     raise no_checkpoint(params["source"], up_to)
                 params.update(root=ids, sub=[i for i in ids if i != up_to])
                 statements = COPY_LINEAGE_SQL
-            for sql in statements:
-                cur.execute(sql, params)
+            for kind, sql in zip(COPY_KINDS, statements):
+                if encrypted(self.serde):  # values bound to their rows are sealed again for the copy's
+                    if rows := cur.execute(_as_select(sql), params).fetchall():
+                        cur.executemany(COPY_INSERT[kind], [self._moved(kind, r, params["target"]) for r in rows])
+                else:
+                    cur.execute(sql, params)
             if metadata:
                 cur.execute(PATCH_METADATA_SQL, (_jsonb(metadata), params["target"]))
         self.chains.forget([params["target"]])
@@ -566,7 +627,7 @@ class Postgres(_Rows, PostgresSaver):
                 refuse_delta_threads([r["thread_id"] for r in cur.execute(SELECT_DELTA_THREADS_SQL, (thread_ids,))])
                 for thread_id in thread_ids:
                     heads = self._unpacked(cur.execute(SELECT_HEADS_SQL, (thread_id,)).fetchall())
-                    blobs = self._blob_map(self._blobs(cur, self._wanted(heads, [self._raw_writes(r) for r in heads])))
+                    blobs = self._blob_map(thread_id, self._blobs(cur, self._wanted(heads, [self._raw_writes(r) for r in heads])))
                     for row in heads:
                         kept += self._kept_rows(self._tuple(row, self._raw_writes(row), blobs, seed=False), row, blobs)
             if strategy == "delete":
@@ -718,8 +779,12 @@ class AsyncPostgres(SyncWrappers, _Rows, AsyncPostgresSaver):
                     raise no_checkpoint(params["source"], up_to)
                 params.update(root=ids, sub=[i for i in ids if i != up_to])
                 statements = COPY_LINEAGE_SQL
-            for sql in statements:
-                await cur.execute(sql, params)
+            for kind, sql in zip(COPY_KINDS, statements):
+                if encrypted(self.serde):
+                    if rows := await (await cur.execute(_as_select(sql), params)).fetchall():
+                        await cur.executemany(COPY_INSERT[kind], [self._moved(kind, r, params["target"]) for r in rows])
+                else:
+                    await cur.execute(sql, params)
             if metadata:
                 await cur.execute(PATCH_METADATA_SQL, (_jsonb(metadata), params["target"]))
         self.chains.forget([params["target"]])
@@ -736,7 +801,7 @@ class AsyncPostgres(SyncWrappers, _Rows, AsyncPostgresSaver):
                 for thread_id in thread_ids:
                     heads = self._unpacked(await (await cur.execute(SELECT_HEADS_SQL, (thread_id,))).fetchall())
                     wanted = self._wanted(heads, [self._raw_writes(r) for r in heads])
-                    blobs = self._blob_map(await self._blobs(cur, wanted))
+                    blobs = self._blob_map(thread_id, await self._blobs(cur, wanted))
                     for row in heads:
                         kept += self._kept_rows(self._tuple(row, self._raw_writes(row), blobs, seed=False), row, blobs)
             if strategy == "delete":

@@ -133,8 +133,8 @@ def _plaintext_refused() -> EncryptionError:
 
 
 def _altered() -> EncryptionError:
-    return EncryptionError("a stored value failed its integrity check: the database row was altered or is "
-                           "corrupt (the key is right); restore it from a backup")
+    return EncryptionError("a stored value failed its integrity check: the database row was altered, is "
+                           "corrupt, or was copied from another row (the key is right); restore it from a backup")
 
 
 def check_passphrase(passphrase: str) -> str:
@@ -159,8 +159,9 @@ def _derive(passphrase: str, salt: bytes) -> tuple[bytes, bytes]:
 
 
 class Cipher:
-    """AES-256-GCM with a random 96-bit nonce per value. The associated data binds the header and the
-    inner type tag, so neither can be swapped without the value failing its check."""
+    """AES-256-GCM with a random 96-bit nonce per value. The associated data binds the header, the inner type
+    tag and the value's context - where it is stored (thread, namespace, checkpoint, channel or task) - so
+    none can be swapped, and a value copied to another row fails its check."""
 
     def __init__(self, passphrase: str, salt: bytes = DEFAULT_SALT) -> None:
         try:
@@ -172,11 +173,14 @@ class Cipher:
         self._aead = AESGCM(key)
         self._header = bytes([FORMAT_V1]) + key_id
 
-    def encrypt(self, type_: str, data: bytes) -> bytes:
-        nonce = os.urandom(NONCE_BYTES)
-        return self._header + nonce + self._aead.encrypt(nonce, data, self._header + type_.encode())
+    def _aad(self, type_: str, context: bytes) -> bytes:
+        return self._header + type_.encode() + (b"\x00" + context if context else b"")
 
-    def decrypt(self, type_: str, blob: bytes) -> bytes:
+    def encrypt(self, type_: str, data: bytes, context: bytes = b"") -> bytes:
+        nonce = os.urandom(NONCE_BYTES)
+        return self._header + nonce + self._aead.encrypt(nonce, data, self._aad(type_, context))
+
+    def decrypt(self, type_: str, blob: bytes, context: bytes = b"") -> bytes:
         from cryptography.exceptions import InvalidTag
 
         if len(blob) < _HEADER_BYTES + NONCE_BYTES + TAG_BYTES or blob[0] != FORMAT_V1:
@@ -187,7 +191,7 @@ class Cipher:
         if header != self._header:
             raise _wrong_key()
         try:
-            return self._aead.decrypt(nonce, sealed, header + type_.encode())
+            return self._aead.decrypt(nonce, sealed, self._aad(type_, context))
         except InvalidTag:
             raise _altered() from None
 
@@ -300,24 +304,25 @@ class Serializer(SerializerProtocol):
                               "code; it was not loaded")
         return value
 
-    def seal(self, type_: str, data: bytes) -> tuple[str, bytes]:
-        """Compress and encrypt bytes the inner serializer made (for savers that encode values themselves)."""
+    def seal(self, type_: str, data: bytes, context: bytes = b"") -> tuple[str, bytes]:
+        """Compress and encrypt bytes the inner serializer made (for savers that encode values themselves);
+        `context` names where the value is stored, and only unseals there."""
         if self.compression is not None and len(data) >= self.compress_min_bytes:
             packed = _COMPRESS[self.compression](data)
             if len(packed) < len(data):
                 type_, data = f"{type_}+{self.compression}", packed
         if self.cipher is not None:
-            data = self.cipher.encrypt(type_, data)
+            data = self.cipher.encrypt(type_, data, context)
             type_ = f"{type_}+{AESGCM_TAG}"
         return type_, data
 
-    def unseal(self, type_: str, data: bytes) -> tuple[str, bytes]:
+    def unseal(self, type_: str, data: bytes, context: bytes = b"") -> tuple[str, bytes]:
         """The inner serializer's (type, bytes) of a stored value: decrypted and decompressed as its tags say."""
         inner, plus, last = type_.rpartition("+")
         if plus and last == AESGCM_TAG:
             if self.cipher is None:
                 raise _no_key()
-            type_, data = inner, self.cipher.decrypt(inner, bytes(data))
+            type_, data = inner, self.cipher.decrypt(inner, bytes(data), context)
             inner, plus, last = type_.rpartition("+")
         elif self.cipher is not None:
             raise _plaintext_refused()

@@ -47,6 +47,11 @@ from savers.compact import (
     matches,
     pack_versions,
     seal,
+    context,
+    dump,
+    encrypted,
+    load,
+    reseal_metadata,
     seal_metadata,
     split_filter,
     split_values,
@@ -159,6 +164,12 @@ COPY_ALL = (
     "SELECT ?, checkpoint_ns, channel, version, type, blob, base FROM agent_blobs WHERE thread_id = ?",
 )
 SELECT_LINEAGE_ROWS = (f"SELECT {_COLUMNS} FROM checkpoints c WHERE c.thread_id = ? AND {_IN_LINEAGE}")
+# A whole thread's rows, to copy them one by one when they are encrypted (bound to their thread).
+SELECT_THREAD_ROWS = f"SELECT {_COLUMNS} FROM checkpoints WHERE thread_id = ?"
+SELECT_THREAD_WRITES = f"SELECT {_WRITE_COLUMNS} FROM writes WHERE thread_id = ?"
+_BLOB_COLUMNS = "thread_id, checkpoint_ns, channel, version, type, blob, base"
+SELECT_THREAD_BLOBS = f"SELECT {_BLOB_COLUMNS} FROM agent_blobs WHERE thread_id = ?"
+INSERT_BLOB = f"INSERT INTO agent_blobs ({_BLOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
 # The lineage's writes, except those of its last checkpoint: they belong to the step after it.
 COPY_LINEAGE_WRITES = (
     f"INSERT INTO writes ({_WRITE_COLUMNS}) SELECT ?, {_WRITE_REST} FROM writes w "
@@ -166,7 +177,7 @@ COPY_LINEAGE_WRITES = (
     "checkpoints c WHERE c.thread_id = w.thread_id AND c.checkpoint_ns = w.checkpoint_ns "
     f"AND c.checkpoint_id = w.checkpoint_id AND {_IN_LINEAGE})"
 )
-SELECT_LINEAGE_WRITES = ("SELECT w.checkpoint_ns, w.channel, w.type, w.value FROM writes w WHERE w.thread_id = ? "
+SELECT_LINEAGE_WRITES = (f"SELECT {', '.join('w.' + c for c in _WRITE_COLUMNS.split(', '))} FROM writes w WHERE w.thread_id = ? "
                          "AND NOT (w.checkpoint_ns = '' AND w.checkpoint_id = ?) AND EXISTS (SELECT 1 FROM checkpoints c "
                          "WHERE c.thread_id = w.thread_id AND c.checkpoint_ns = w.checkpoint_ns "
                          f"AND c.checkpoint_id = w.checkpoint_id AND {_IN_LINEAGE})")
@@ -214,7 +225,8 @@ class _Rows:
         configurable = config["configurable"]
         thread_id, ns = str(configurable["thread_id"]), configurable["checkpoint_ns"]
         return self._row(thread_id, ns, checkpoint, configurable.get("checkpoint_id"),
-                         dump_metadata(seal_metadata(self.serde, get_checkpoint_metadata(config, metadata))),
+                         dump_metadata(seal_metadata(self.serde, get_checkpoint_metadata(config, metadata),
+                                                     context("metadata", thread_id, ns, checkpoint["id"]))),
                          new_versions)
 
     def _row(self, thread_id: str, ns: str, checkpoint, parent_id, metadata: bytes, new_versions,
@@ -229,7 +241,7 @@ class _Rows:
             "apart": {c: encoded.refs.get(c) for c in apart},
             "values": {c: (b.type, b.data) for c, b in encoded.blobs.items()},
         })
-        type_, data = self.serde.dumps_typed(compact)
+        type_, data = dump(self.serde, compact, context("checkpoint", thread_id, ns, checkpoint["id"]))
         type_ = CHECKPOINT_TYPE if type_ == MSGPACK else f"{CHECKPOINT_TYPE}+{type_}"
         return (thread_id, ns, checkpoint["id"], parent_id, type_, data, metadata), encoded
 
@@ -246,17 +258,18 @@ class _Rows:
 
     # -- reading ---------------------------------------------------------------------------------------
 
-    def _unpack(self, type_: str, data: bytes) -> dict | None:
-        """The checkpoint of one of our rows, versions unpacked; None for a row of the official saver."""
+    def _unpack(self, type_: str, data: bytes, where: bytes) -> dict | None:
+        """The checkpoint of one of our rows (stored at `where`: its context), versions unpacked; None for a
+        row of the official saver."""
         if type_ == CHECKPOINT_TYPE:
-            return unpack_versions(self.serde.loads_typed((MSGPACK, data)))
+            return unpack_versions(load(self.serde, MSGPACK, data, where))
         if type_.startswith(CHECKPOINT_TYPE + "+"):
-            return unpack_versions(self.serde.loads_typed((type_[len(CHECKPOINT_TYPE) + 1:], data)))
+            return unpack_versions(load(self.serde, type_[len(CHECKPOINT_TYPE) + 1:], data, where))
         return None
 
-    def _row_values(self, type_: str, data: bytes) -> dict:
+    def _row_values(self, type_: str, data: bytes, where: bytes) -> dict:
         """The values a row stores apart: {channel: (type, bytes)}."""
-        compact = self._unpack(type_, data)
+        compact = self._unpack(type_, data, where)
         return {c: tuple(v) for c, v in compact["values"].items()} if compact else {}
 
     def _resolve(self, thread_id: str, ns: str, wanted: set, rows: dict) -> Plan:
@@ -268,7 +281,7 @@ class _Rows:
             tried |= wanted
             if ids := sorted({key for _, key in wanted} - rows.keys()):
                 for cid, type_, data in (yield SELECT_ROWS, (thread_id, ns, json.dumps(ids)), False):
-                    rows[cid] = self._row_values(type_, data)
+                    rows[cid] = self._row_values(type_, data, context("checkpoint", thread_id, ns, cid))
                 rows.update((cid, {}) for cid in ids if cid not in rows)
             missing = set()
             for channel, key in wanted:
@@ -280,14 +293,15 @@ class _Rows:
                 keys = json.dumps(sorted({key for _, key in missing}))
                 for channel, key, type_, data in (yield SELECT_KEPT, (thread_id, ns, keys), False):
                     if (channel, key) in missing:
-                        found[(channel, key)] = unseal(self.serde, type_, data)
+                        found[(channel, key)] = unseal(self.serde, type_, data,
+                                                       context("value", thread_id, ns, channel, key))
             wanted = {(c, base) for (c, _), (t, d) in found.items() if (base := delta_base(t, d)) is not None}
         return found
 
     def _read(self, row, rows: dict, *, seed: bool) -> Plan:
         """The CheckpointTuple of a checkpoint row: its writes, and the values it refers to."""
         thread_id, ns, checkpoint_id = row[:3]
-        writes = self._unseal_writes((yield SELECT_WRITES, (thread_id, ns, checkpoint_id), False))
+        writes = self._unseal_writes(row, (yield SELECT_WRITES, (thread_id, ns, checkpoint_id), False))
         checkpoint, where = self._open(row, rows)
         found = yield from self._resolve(thread_id, ns, _wanted(where, writes), rows)
         return self._tuple(row, checkpoint, where, writes, Decoder(self.serde, found), seed=seed)
@@ -296,7 +310,7 @@ class _Rows:
         """A row's checkpoint, without the values it keeps apart, and where each of those is stored
         ({channel: key}); the values the row itself stores go into `rows`."""
         checkpoint_id, type_, data = row[2], row[4], row[5]
-        compact = self._unpack(type_, data)
+        compact = self._unpack(type_, data, context("checkpoint", *row[:3]))
         if compact is None:  # written by the official saver: every value inline
             return self.serde.loads_typed((type_, data)), {}
         rows[checkpoint_id] = {c: tuple(v) for c, v in compact.pop("values").items()}
@@ -324,13 +338,14 @@ class _Rows:
         config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint_id}}
         parent = ({"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": parent_id}}
                   if parent_id else None)
-        metadata = unseal_metadata(self.serde, json.loads(meta)) if meta is not None else {}
+        metadata = (unseal_metadata(self.serde, json.loads(meta), context("metadata", thread_id, ns, checkpoint_id))
+                    if meta is not None else {})
         return CheckpointTuple(config, checkpoint, metadata, parent, pending)
 
-    def _unseal_writes(self, writes) -> list[tuple]:
-        """(task_id, channel, type, value, task_path, idx) rows with their values unsealed."""
-        return [(task_id, channel, *unseal(self.serde, type_, value), *rest)
-                for task_id, channel, type_, value, *rest in writes]
+    def _unseal_writes(self, row, writes) -> list[tuple]:
+        """A checkpoint row's (task_id, channel, type, value, task_path, idx) writes, their values unsealed."""
+        return [(task_id, channel, *unseal(self.serde, type_, value, context("write", *row[:3], task_id, idx)),
+                 task_path, idx) for task_id, channel, type_, value, task_path, idx in writes]
 
     # -- operations ------------------------------------------------------------------------------------
 
@@ -365,7 +380,7 @@ class _Rows:
             wanted: set = set()
             for row in group:
                 checkpoint, apart = self._open(row, stored)
-                writes[row[2]] = self._unseal_writes(writes[row[2]])
+                writes[row[2]] = self._unseal_writes(row, writes[row[2]])
                 wanted |= _wanted(apart, writes[row[2]])
                 opened[row[:3]] = (checkpoint, apart, writes[row[2]])
             decoder = Decoder(self.serde, (yield from self._resolve(thread_id, ns, wanted, stored)))
@@ -391,9 +406,10 @@ class _Rows:
         """The runs' checkpoints and writes go; values their rows store stay, in agent_blobs, since other
         runs' checkpoints may refer to them (delete_thread and prune remove them with the thread)."""
         runs = json.dumps(run_ids)
-        kept = [(thread_id, ns, channel, cid, *seal(self.serde, t, d))
+        kept = [(thread_id, ns, channel, cid, *seal(self.serde, t, d, context("value", thread_id, ns, channel, cid)))
                 for thread_id, ns, cid, type_, data in (yield SELECT_RUNS, (runs,), False)
-                for channel, (t, d) in self._row_values(type_, data).items()]
+                for channel, (t, d) in self._row_values(type_, data,
+                                                        context("checkpoint", thread_id, ns, cid)).items()]
         if kept:
             yield INSERT_KEPT, kept, True
         for sql in DELETE_RUNS:
@@ -408,35 +424,73 @@ class _Rows:
             yield PATCH_METADATA, (orjson.dumps(metadata).decode(), target), False
 
     def _copy_rows(self, source: str, target: str, up_to: str | None) -> Plan:
+        # Encrypted values are bound to their rows (savers.compact.context): a copy into another thread is
+        # decrypted and encrypted again, row by row, instead of copied in SQL.
+        moved = encrypted(self.serde)
         if up_to is None:
-            for sql in COPY_ALL:
-                yield sql, (target, source), False
+            if not moved:
+                for sql in COPY_ALL:
+                    yield sql, (target, source), False
+                return
+            yield INSERT_CHECKPOINT, [self._moved(row, target) for row in (yield SELECT_THREAD_ROWS, (source,), False)], True
+            yield INSERT_WRITES, [self._moved_write(w, target) for w in (yield SELECT_THREAD_WRITES, (source,), False)], True
+            yield INSERT_BLOB, [self._moved_blob(b, target) for b in (yield SELECT_THREAD_BLOBS, (source,), False)], True
             return
         ids = [r[0] for r in (yield SELECT_LINEAGE, (source, up_to, source), False)]
         if not ids:
             raise no_checkpoint(source, up_to)
         lineage = (json.dumps(ids), json.dumps([i for i in ids if i != up_to]))
         rows = yield SELECT_LINEAGE_ROWS, (source, *lineage), False
-        yield INSERT_CHECKPOINT, [(target, *row[1:]) for row in rows], True
-        yield COPY_LINEAGE_WRITES, (target, source, up_to, *lineage), False
+        yield INSERT_CHECKPOINT, [self._moved(row, target) if moved else (target, *row[1:]) for row in rows], True
+        writes = yield SELECT_LINEAGE_WRITES, (source, up_to, *lineage), False
+        if moved:
+            yield INSERT_WRITES, [self._moved_write(w, target) for w in writes], True
+        else:
+            yield COPY_LINEAGE_WRITES, (target, source, up_to, *lineage), False
         # Values the lineage refers to that rows outside it store: kept for the copy in agent_blobs.
         wanted: dict[str, set] = {}
         for _, ns, cid, _, type_, data, _ in rows:
-            if compact := self._unpack(type_, data):
+            if compact := self._unpack(type_, data, context("checkpoint", source, ns, cid)):
                 wanted.setdefault(ns, set()).update(
                     (c, key or cid) for c, key in compact["apart"].items())
                 wanted[ns].update((c, base) for c, (t, d) in compact["values"].items()
                                   if (base := delta_base(t, d)) is not None)
-        for ns, channel, type_, value in (yield SELECT_LINEAGE_WRITES, (source, up_to, *lineage), False):
-            if (base := delta_base(*unseal(self.serde, type_, value))) is not None:
+        for _, ns, cid, task_id, _, idx, channel, type_, value in writes:
+            stored = unseal(self.serde, type_, value, context("write", source, ns, cid, task_id, idx))
+            if (base := delta_base(*stored)) is not None:
                 wanted.setdefault(ns, set()).add((channel, base))
         copied = {(row[1], row[2]) for row in rows}
         for ns, keys in wanted.items():
             found = yield from self._resolve(source, ns, keys, {})
-            kept = [(target, ns, c, key, *seal(self.serde, t, d)) for (c, key), (t, d) in found.items()
-                    if (ns, key) not in copied]
+            kept = [(target, ns, c, key, *seal(self.serde, t, d, context("value", target, ns, c, key)))
+                    for (c, key), (t, d) in found.items() if (ns, key) not in copied]
             if kept:
                 yield INSERT_KEPT, kept, True
+
+    def _moved(self, row, target: str) -> tuple:
+        """A checkpoint row for another thread, its sealed checkpoint and metadata bound to the new row."""
+        thread_id, ns, cid, parent, type_, data, meta = row
+        source, here = context("checkpoint", thread_id, ns, cid), context("checkpoint", target, ns, cid)
+        if type_.startswith(CHECKPOINT_TYPE + "+"):
+            inner, sealed = type_.split("+", 1)
+            type_, data = seal(self.serde, *unseal(self.serde, sealed, data, source), here)
+            type_ = inner if type_ == MSGPACK else f"{inner}+{type_}"
+        if meta is not None:
+            meta = dump_metadata(reseal_metadata(self.serde, json.loads(meta), context("metadata", thread_id, ns, cid),
+                                                 context("metadata", target, ns, cid)))
+        return target, ns, cid, parent, type_, data, meta
+
+    def _moved_write(self, write, target: str) -> tuple:
+        thread_id, ns, cid, task_id, task_path, idx, channel, type_, value = write
+        stored = unseal(self.serde, type_, value, context("write", thread_id, ns, cid, task_id, idx))
+        return (target, ns, cid, task_id, task_path, idx, channel,
+                *seal(self.serde, *stored, context("write", target, ns, cid, task_id, idx)))
+
+    def _moved_blob(self, blob, target: str) -> tuple:
+        thread_id, ns, channel, version, type_, data, base = blob
+        stored = unseal(self.serde, type_, data, context("value", thread_id, ns, channel, version))
+        return (target, ns, channel, version, *seal(self.serde, *stored, context("value", target, ns, channel, version)),
+                base)
 
     def _prune_plan(self, thread_ids: list[str], strategy: str) -> Plan:
         kept = []
@@ -462,8 +516,9 @@ class _Rows:
         writes = []
         for (*key, channel, type_, value), (_, _, decoded) in zip(
                 sorted(raw, key=lambda w: writes_sort_key(w[4], w[3], w[5])), values):
-            if unseal(self.serde, type_, value)[0] == DELTA:
-                type_, value = self.serde.dumps_typed(decoded)
+            where = context("write", thread_id, ns, checkpoint_id, key[3], key[5])
+            if unseal(self.serde, type_, value, where)[0] == DELTA:
+                type_, value = dump(self.serde, decoded, where)
             writes.append((*key, channel, type_, value))
         return new_row, writes
 

@@ -369,3 +369,33 @@ def test_a_value_whose_row_is_gone_is_a_clear_error(db_url):
         with pytest.raises(savers.StorageError, match=r"checkpoint \S+ of thread 't' cannot be read: the (stored )?"
                                                       r"value of '\w+' (stored with|extends)"):
             saver.get_tuple(config("t"))
+
+
+def test_delta_chains_stay_short_however_many_runs_extend_a_list(tmp_path):
+    """Each run starts its chain of list deltas on the value it read; without a bound the chain - and the
+    lookups to read the head - grows with the number of runs (123 statements here), not just log(steps)."""
+    from langgraph.checkpoint.base import empty_checkpoint
+    from langgraph.checkpoint.base.id import uuid6
+
+    from savers.compact import MAX_SEED_DEPTH
+
+    with savers.open_saver(f"sqlite:///{tmp_path / 'agent.db'}") as saver:
+        items, parent = [], None
+        for run in range(60):
+            saver.chains.forget(None)  # a new process: it knows only what it reads
+            if parent:
+                saver.get_tuple(config("t", parent))
+            for step in range(3):
+                items = items + [f"result {run}.{step} " + "x" * 40]
+                checkpoint = {**empty_checkpoint(), "id": str(uuid6()), "channel_values": {"results": list(items)},
+                              "channel_versions": {"results": f"{len(items):032}.0.5"}}
+                saver.put(config("t", parent, checkpoint_ns=""), checkpoint, {"source": "loop" if parent else "input", "step": run},
+                          {"results": checkpoint["channel_versions"]["results"]})
+                parent = checkpoint["id"]
+        statements = []
+        saver.conn.set_trace_callback(statements.append)
+        saver.chains.forget(None)
+        head = saver.get_tuple(config("t"))
+        saver.conn.set_trace_callback(None)
+    assert head.checkpoint["channel_values"]["results"] == items
+    assert len(statements) <= MAX_SEED_DEPTH + 4, len(statements)

@@ -179,3 +179,46 @@ def test_langgraph_strict_msgpack_mode_keeps_our_serializer_and_warns_nothing(cl
                   env={"LANGGRAPH_STRICT_MSGPACK": "true", "AGENT_DURABILITY": durability})
         assert run.returncode == 0 and "Answer: 14" in run.stdout
         assert "allowlist" not in run.stderr and run.stderr.strip() == "", run.stderr
+
+
+def _swap(url: str, table_sql: dict) -> None:
+    """Runs one backend's statement that moves an encrypted value into another row."""
+    if backend(url) == "sqlite":
+        with sqlite3.connect(sqlite_path(url)) as conn:
+            conn.execute(table_sql["sqlite"])
+    else:
+        with psycopg.connect(url) as conn:
+            conn.execute(table_sql["postgres"])
+
+
+@pytest.mark.parametrize("moved", ["write to another checkpoint", "checkpoint to another thread"])
+def test_an_encrypted_value_copied_to_another_row_fails_to_decrypt(db_url, monkeypatch, moved):
+    monkeypatch.setenv("AGENT_ENCRYPTION_KEY", KEY)
+    with Agent(db=db_url) as agent:
+        agent.reason(QUESTION, thread="t1")
+        agent.reason(QUESTION, thread="t2")
+        # A whole-thread copy is sealed again for its new thread, row by row, and reads back the same.
+        agent._core.saver.copy_thread("t1", "t1-copy")
+        assert [r.summary for r in agent.history("t1-copy")] == [r.summary for r in agent.history("t1")]
+    if moved == "write to another checkpoint":
+        # The plan write of t1 replaces the plan write of t2: same key, a valid ciphertext, the wrong row.
+        _swap(db_url, {
+            "sqlite": "UPDATE writes SET value = (SELECT value FROM writes WHERE thread_id = 't1' AND channel = 'plan' LIMIT 1) "
+                      "WHERE thread_id = 't2' AND channel = 'plan'",
+            "postgres": "UPDATE checkpoint_writes SET blob = (SELECT blob FROM checkpoint_writes WHERE thread_id = 't1' "
+                        "AND channel = 'plan' LIMIT 1) WHERE thread_id = 't2' AND channel = 'plan'"})
+    else:
+        # t1's first checkpoint, as stored, put in place of t2's: only the thread differs.
+        _swap(db_url, {
+            "sqlite": "UPDATE checkpoints SET checkpoint = (SELECT checkpoint FROM checkpoints a WHERE a.thread_id = 't1' "
+                      "ORDER BY checkpoint_id LIMIT 1), checkpoint_id = (SELECT checkpoint_id FROM checkpoints a "
+                      "WHERE a.thread_id = 't1' ORDER BY checkpoint_id LIMIT 1) WHERE thread_id = 't2' AND "
+                      "checkpoint_id = (SELECT MIN(checkpoint_id) FROM checkpoints WHERE thread_id = 't2')",
+            "postgres": "UPDATE checkpoints SET checkpoint = a.checkpoint, checkpoint_id = a.checkpoint_id FROM "
+                        "(SELECT checkpoint, checkpoint_id FROM checkpoints WHERE thread_id = 't1' "
+                        "ORDER BY checkpoint_id LIMIT 1) a WHERE thread_id = 't2' AND checkpoints.checkpoint_id = "
+                        "(SELECT MIN(checkpoint_id) FROM checkpoints WHERE thread_id = 't2')"})
+    with Agent(db=db_url) as agent:
+        assert agent.result("t1").answer == "7006743"  # the original rows still read
+        with pytest.raises(StorageError, match="copied from another row"):
+            agent.history("t2")
