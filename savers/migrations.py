@@ -6,6 +6,7 @@ Like the official savers: the position of a migration in its list is its version
 from __future__ import annotations
 
 import logging
+import sqlite3
 
 log = logging.getLogger("savers.migrations")
 
@@ -110,11 +111,23 @@ def pending(migrations: list[str], current: int) -> list[tuple[int, str]]:
 
 
 def migrate_sqlite(conn) -> None:
-    """Run what is missing in one transaction (sqlite3 connection, or a cursor-like with execute)."""
+    """Run what is missing in one transaction, under SQLite's write lock: processes that open a fresh file
+    at once wait for each other (busy timeout) instead of colliding on agent_migrations. A connection in
+    autocommit mode (isolation_level None), as the savers open them."""
     conn.execute(SQLITE[0])
-    current = conn.execute(CURRENT_VERSION).fetchone()[0]
-    import sqlite3
+    if not pending(SQLITE, conn.execute(CURRENT_VERSION).fetchone()[0]):
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        _migrate_sqlite_locked(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
+
+def _migrate_sqlite_locked(conn) -> None:
+    current = conn.execute(CURRENT_VERSION).fetchone()[0]  # again: another process may have migrated
     for version, sql in pending(SQLITE, current):
         if isinstance(sql, Optional):
             conn.execute("SAVEPOINT agent_optional")
@@ -130,9 +143,19 @@ def migrate_sqlite(conn) -> None:
 
 
 async def amigrate_sqlite(conn) -> None:
-    import sqlite3
-
     await conn.execute(SQLITE[0])
+    if not pending(SQLITE, (await (await conn.execute(CURRENT_VERSION)).fetchone())[0]):
+        return
+    await conn.execute("BEGIN IMMEDIATE")
+    try:
+        await _amigrate_sqlite_locked(conn)
+        await conn.execute("COMMIT")
+    except BaseException:
+        await conn.execute("ROLLBACK")
+        raise
+
+
+async def _amigrate_sqlite_locked(conn) -> None:
     current = (await (await conn.execute(CURRENT_VERSION)).fetchone())[0]
     for version, sql in pending(SQLITE, current):
         if isinstance(sql, Optional):

@@ -63,10 +63,10 @@ from savers.compact import (
     unseal_metadata,
 )
 from savers.errors import StorageError
-from savers.serde import Serializer, saver_with_allowlist
 from savers.keyring import arun_plan, run_plan, serde_plan
 from savers.migrations import amigrate_postgres, migrate_postgres
 from savers.options import SaverOptions
+from savers.serde import Serializer, saver_with_allowlist
 from savers.threads import (
     SyncWrappers,
     no_checkpoint,

@@ -399,3 +399,22 @@ def test_delta_chains_stay_short_however_many_runs_extend_a_list(tmp_path):
         saver.conn.set_trace_callback(None)
     assert head.checkpoint["channel_values"]["results"] == items
     assert len(statements) <= MAX_SEED_DEPTH + 4, len(statements)
+
+
+def test_processes_opening_a_fresh_sqlite_file_at_once_all_succeed(tmp_path):
+    """Each takes SQLite's write lock to migrate, and the later ones find the work done (without it, two
+    inserted the same agent_migrations version and one open failed)."""
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    import time
+
+    start = time.time() + 3  # every process imported and waiting, then all open at the same instant
+    code = (f"import time, savers, savers.sqlite\ntime.sleep(max(0, {start} - time.time()))\n"
+            f"with savers.open_saver({url!r}):\n    pass\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True) for _ in range(8)]
+    errors = [p.communicate(timeout=60)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 8, errors
+    with sqlite3.connect(tmp_path / "fresh.db") as conn:
+        versions = [v for (v,) in conn.execute("SELECT v FROM agent_migrations ORDER BY v")]
+    from savers.migrations import SQLITE
+
+    assert versions == list(range(len(SQLITE)))
