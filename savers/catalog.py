@@ -59,14 +59,18 @@ def _memory_threads(saver, thread: str | None) -> list[ThreadRow]:
     return sorted(result, key=lambda row: row.head, reverse=True)
 
 
-def _backend(saver) -> str:
+def backend(saver) -> str:
+    """Without importing the Postgres driver for a SQLite saver (150 ms of every command's start): a saver
+    can only be a Postgres one if its module was imported."""
+    import sys
+
     from langgraph.checkpoint.memory import InMemorySaver
-    from langgraph.checkpoint.postgres import PostgresSaver
-    from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
     if isinstance(saver, InMemorySaver):
         return "memory"
-    return "postgres" if isinstance(saver, (PostgresSaver, AsyncPostgresSaver)) else "sqlite"
+    postgres = [getattr(sys.modules.get(name), cls, None) for name, cls in (
+        ("langgraph.checkpoint.postgres", "PostgresSaver"), ("langgraph.checkpoint.postgres.aio", "AsyncPostgresSaver"))]
+    return "postgres" if isinstance(saver, tuple(c for c in postgres if c is not None)) else "sqlite"
 
 
 def _threads_query(kind: str, thread: str | None) -> tuple[str, tuple]:
@@ -78,7 +82,7 @@ def _threads_query(kind: str, thread: str | None) -> tuple[str, tuple]:
 
 def list_threads(saver, thread: str | None = None) -> list[ThreadRow]:
     """Every thread (or just `thread`), the one with the newest checkpoint first."""
-    kind = _backend(saver)
+    kind = backend(saver)
     if kind == "memory":
         return _memory_threads(saver, thread)
     sql, params = _threads_query(kind, thread)
@@ -90,7 +94,7 @@ def list_threads(saver, thread: str | None = None) -> list[ThreadRow]:
 
 
 async def alist_threads(saver, thread: str | None = None) -> list[ThreadRow]:
-    kind = _backend(saver)
+    kind = backend(saver)
     if kind == "memory":
         return _memory_threads(saver, thread)
     sql, params = _threads_query(kind, thread)
@@ -112,7 +116,7 @@ def _first_column(rows) -> list[str]:
 
 def checkpoint_ids(saver, thread: str, prefix: str) -> list[str]:
     """Ids of `thread`'s checkpoints that start with `prefix`, oldest first."""
-    kind = _backend(saver)
+    kind = backend(saver)
     if kind == "memory":
         return _memory_ids(saver, thread, prefix)
     if kind == "postgres":
@@ -123,7 +127,7 @@ def checkpoint_ids(saver, thread: str, prefix: str) -> list[str]:
 
 
 async def acheckpoint_ids(saver, thread: str, prefix: str) -> list[str]:
-    kind = _backend(saver)
+    kind = backend(saver)
     if kind == "memory":
         return _memory_ids(saver, thread, prefix)
     if kind == "postgres":
@@ -145,7 +149,7 @@ def _links(rows) -> dict[str, str | None]:
 
 def checkpoint_links(saver, thread: str) -> dict[str, str | None]:
     """{checkpoint id: parent id} of every checkpoint of `thread`: its whole shape, without one value."""
-    kind = _backend(saver)
+    kind = backend(saver)
     if kind == "memory":
         return _memory_links(saver, thread)
     if kind == "postgres":
@@ -156,7 +160,7 @@ def checkpoint_links(saver, thread: str) -> dict[str, str | None]:
 
 
 async def acheckpoint_links(saver, thread: str) -> dict[str, str | None]:
-    kind = _backend(saver)
+    kind = backend(saver)
     if kind == "memory":
         return _memory_links(saver, thread)
     if kind == "postgres":
@@ -169,7 +173,7 @@ async def acheckpoint_links(saver, thread: str) -> dict[str, str | None]:
 
 def database_file(saver) -> str | None:
     """The SQLite file behind a saver, or None for other backends."""
-    if _backend(saver) != "sqlite":
+    if backend(saver) != "sqlite":
         return None
     with saver.cursor(transaction=False) as cur:
         row = next((r for r in cur.execute("PRAGMA database_list").fetchall() if r[1] == "main"), None)
@@ -181,7 +185,7 @@ def reclaim_space(saver) -> None:
 
     The first time this turns on incremental auto-vacuum, which takes one full VACUUM; from then on each
     call frees only what is free, without rewriting the file."""
-    if _backend(saver) != "sqlite":
+    if backend(saver) != "sqlite":
         return
     with saver.lock:
         conn = saver.conn
@@ -197,7 +201,7 @@ def reclaim_space(saver) -> None:
 
 async def adatabase_file(saver) -> str | None:
     """database_file for an async saver."""
-    if _backend(saver) != "sqlite":
+    if backend(saver) != "sqlite":
         return None
     async with saver.conn.execute("PRAGMA database_list") as cur:
         row = next((r for r in await cur.fetchall() if r[1] == "main"), None)
@@ -206,7 +210,7 @@ async def adatabase_file(saver) -> str | None:
 
 async def areclaim_space(saver) -> None:
     """reclaim_space for an async saver."""
-    if _backend(saver) != "sqlite":
+    if backend(saver) != "sqlite":
         return
     async with saver.lock:
         conn = saver.conn

@@ -386,20 +386,20 @@ def locks_for(saver):
     """The lock keeper for a saver's database, made once per saver."""
     keeper = getattr(saver, "_agent_locks", None)
     if keeper is None:
-        from langgraph.checkpoint.memory import InMemorySaver
-        from langgraph.checkpoint.postgres import PostgresSaver
-        from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
-        from langgraph.checkpoint.sqlite import SqliteSaver
+        from savers.catalog import backend
 
-        if isinstance(saver, InMemorySaver):
+        kind = backend(saver)  # without importing the Postgres driver for a SQLite saver
+        if kind == "memory":
             keeper = MemoryLocks()
-        elif isinstance(saver, PostgresSaver):
-            keeper = Leases(_PoolStore(saver.conn), PostgresLeaseSQL)
-        elif isinstance(saver, AsyncPostgresSaver):
-            keeper = AsyncLeases(_AsyncPoolStore(saver.conn), PostgresLeaseSQL)
-        elif isinstance(saver, SqliteSaver):
-            keeper = Leases(_SqliteStore(saver.conn, saver.lock), SqliteLeaseSQL)
+        elif kind == "postgres":
+            from langgraph.checkpoint.postgres import PostgresSaver
+
+            keeper = (Leases(_PoolStore(saver.conn), PostgresLeaseSQL) if isinstance(saver, PostgresSaver)
+                      else AsyncLeases(_AsyncPoolStore(saver.conn), PostgresLeaseSQL))
         else:
-            keeper = AsyncLeases(_AsyncSqliteStore(saver.conn, saver.lock), SqliteLeaseSQL)
+            from langgraph.checkpoint.sqlite import SqliteSaver
+
+            keeper = (Leases(_SqliteStore(saver.conn, saver.lock), SqliteLeaseSQL) if isinstance(saver, SqliteSaver)
+                      else AsyncLeases(_AsyncSqliteStore(saver.conn, saver.lock), SqliteLeaseSQL))
         saver._agent_locks = keeper
     return keeper

@@ -5,9 +5,11 @@ WAL with synchronous=NORMAL is durable against a process crash (SIGKILL); only p
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Generator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from functools import cached_property, lru_cache
@@ -775,6 +777,34 @@ def _storage_error(path: str, exc: sqlite3.Error) -> StorageError:
     return StorageError(f"SQLite database {path}: {text}")
 
 
+def _locked(exc: sqlite3.OperationalError, deadline: float) -> bool:
+    return "locked" in str(exc) and time.monotonic() < deadline
+
+
+def _retry_locked(statement):
+    """Switching a new file to WAL needs an exclusive lock, and SQLite reports "database is locked" at once
+    instead of waiting when another process opens the same new file: retried for up to the busy timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            return statement()
+        except sqlite3.OperationalError as exc:
+            if not _locked(exc, deadline):
+                raise
+            time.sleep(0.02)
+
+
+async def _aretry_locked(statement):
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            return await statement()
+        except sqlite3.OperationalError as exc:
+            if not _locked(exc, deadline):
+                raise
+            await asyncio.sleep(0.02)
+
+
 def _fetch_all(conn):
     async def execute(sql: str, params) -> list:
         async with conn.execute(sql, params) as cur:
@@ -794,7 +824,7 @@ def open_sqlite(path: str, create: bool = True, options: SaverOptions | None = N
     try:
         try:
             for pragma in PRAGMAS:
-                conn.execute(pragma)
+                _retry_locked(lambda: conn.execute(pragma))
             saver = Sqlite(conn)
             saver.setup()
             saver.serde = run_plan(serde_plan(options or SaverOptions(), absolute),
@@ -819,7 +849,7 @@ async def open_async_sqlite(path: str, create: bool = True,
     try:
         try:
             for pragma in PRAGMAS:
-                await conn.execute(pragma)
+                await _aretry_locked(lambda: conn.execute(pragma))
             saver = AsyncSqlite(conn)
             await saver.setup()
             saver.serde = await arun_plan(serde_plan(options or SaverOptions(), absolute), _fetch_all(conn))

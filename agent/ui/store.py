@@ -110,9 +110,9 @@ class Store:
         return self.agent._core.config(thread, checkpoint)
 
     def _kind(self) -> str:
-        from savers.catalog import _backend
+        from savers.catalog import backend
 
-        return _backend(self._saver)
+        return backend(self._saver)
 
     async def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
         kind = self._kind()
