@@ -10,7 +10,7 @@ import json
 import threading
 from typing import Any
 
-from savers.compact import context, encrypted, seal, unseal
+from savers.compact import as_text, context, from_text, seal, unseal
 
 _GET = "SELECT value FROM agent_llm_cache WHERE key = {p}"
 _FORGET = "DELETE FROM agent_llm_cache WHERE thread_id = {p}"
@@ -25,29 +25,19 @@ SEALED_PREFIX = "~"
 
 
 def _decode(row: Any, serde=None, key: str = "") -> dict | None:
-    """A stored reply; sealed ones are bound to their cache key (copied under another key, they fail)."""
+    """A stored reply; sealed ones are bound to their cache key (copied under another key, they fail), and
+    where encryption is on a plain one is refused, as any plaintext row is."""
     if row is None:
         return None
     value = row["value"] if isinstance(row, dict) else row[0]
-    if value.startswith(SEALED_PREFIX):
-        import base64
-
-        type_, _, data = value[len(SEALED_PREFIX):].partition(":")
-        return json.loads(unseal(serde, type_, base64.b64decode(data), context("reply", key))[1])
-    if encrypted(serde):
-        unseal(serde, "json", value.encode())  # refuses a plain reply where encryption is on, like any row
-    return json.loads(value)
+    stored = from_text(value[len(SEALED_PREFIX):]) if value.startswith(SEALED_PREFIX) else ("json", value.encode())
+    return json.loads(unseal(serde, *stored, context("reply", key))[1])
 
 
 def _params(key: str, model: str, thread_id: str | None, value: dict, serde=None) -> tuple:
     text = json.dumps(value, sort_keys=True)
-    if serde is not None:
-        type_, data = seal(serde, "json", text.encode(), context("reply", key))
-        if type_ != "json":
-            import base64
-
-            text = f"{SEALED_PREFIX}{type_}:{base64.b64encode(data).decode()}"
-    return key, model, thread_id, text
+    type_, data = seal(serde, "json", text.encode(), context("reply", key))
+    return key, model, thread_id, text if type_ == "json" else SEALED_PREFIX + as_text(type_, data)
 
 
 class MemoryCache:

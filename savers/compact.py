@@ -68,6 +68,11 @@ def unseal(serde, type_: str, data: bytes, where: bytes = b"") -> tuple[str, byt
     return serde.unseal(type_, data, where) if hasattr(serde, "unseal") else (type_, data)
 
 
+def reseal(serde, type_: str, data: bytes, kind: str, source: str, target: str, *where: Any) -> tuple[str, bytes]:
+    """A stored value of thread `source` sealed again for the same row of thread `target` (copy_thread)."""
+    return seal(serde, *unseal(serde, type_, data, context(kind, source, *where)), context(kind, target, *where))
+
+
 def dump(serde, value: Any, where: bytes) -> tuple[str, bytes]:
     """A value serialized and sealed for the row `where` names."""
     return seal(serde, *inner_of(serde).dumps_typed(value), where)
@@ -96,19 +101,27 @@ def sealing(serde) -> bool:
     return encrypted(serde) or bool(getattr(serde, "compression", None))
 
 
-def sealed_text(serde, value: Any, where: bytes) -> str:
-    """A value serialized and sealed, as text a JSON column can hold: "type:base64"."""
+def as_text(type_: str, data: bytes) -> str:
+    """A stored (type, bytes) as text a JSON or TEXT column can hold: "type:base64"."""
     import base64
 
-    type_, data = dump(serde, value, where)
     return f"{type_}:{base64.b64encode(data).decode()}"
 
 
-def open_sealed(serde, text: str, where: bytes) -> Any:
+def from_text(text: str) -> tuple[str, bytes]:
     import base64
 
     type_, _, data = text.partition(":")
-    return load(serde, type_, base64.b64decode(data), where)
+    return type_, base64.b64decode(data)
+
+
+def sealed_text(serde, value: Any, where: bytes) -> str:
+    """A value serialized and sealed, as_text."""
+    return as_text(*dump(serde, value, where))
+
+
+def open_sealed(serde, text: str, where: bytes) -> Any:
+    return load(serde, *from_text(text), where)
 
 
 def seal_metadata(serde, metadata: Mapping[str, Any], where: bytes) -> dict[str, Any]:

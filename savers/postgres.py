@@ -49,6 +49,7 @@ from savers.compact import (
     dump,
     encrypted,
     open_sealed,
+    reseal,
     reseal_metadata,
     matches,
     pack_versions,
@@ -322,9 +323,11 @@ class _Rows:
                       else compact)
 
     def _unpacked(self, rows) -> list:
-        """Rows with their checkpoint column opened (unsealed) and versions unpacked."""
+        """Rows with their checkpoint column opened (unsealed), versions unpacked, and their pending writes
+        unsealed once, as "pending" (_raw_writes)."""
         return [{**row, "checkpoint": unpack_versions(self._open_checkpoint(row["checkpoint"], context(
-            "checkpoint", row["thread_id"], row["checkpoint_ns"], row["checkpoint_id"])))} for row in rows]
+            "checkpoint", row["thread_id"], row["checkpoint_ns"], row["checkpoint_id"]))),
+                 "pending": self._raw_writes(row)} for row in rows]
 
     def _open_checkpoint(self, column: dict, where: bytes) -> dict:
         if isinstance(sealed := column.get(SEALED_CHECKPOINT), str):
@@ -340,11 +343,12 @@ class _Rows:
                 for t, c, ty, v, p, i in row["writes"] or []]
 
     @staticmethod
-    def _wanted(rows, writes_by_row) -> dict[str, list]:
-        """Parameters for SELECT_BLOBS_SQL: every channel of the rows that is not inline, and the bases of
-        their writes (rows of one thread)."""
+    def _wanted(rows) -> dict[str, list]:
+        """Parameters for SELECT_BLOBS_SQL: every channel of the (unpacked) rows that is not inline, and the
+        bases of their writes (rows of one thread)."""
         keys = set()
-        for row, writes in zip(rows, writes_by_row):
+        for row in rows:
+            writes = row["pending"]
             checkpoint, ns = row["checkpoint"], row["checkpoint_ns"]
             inline = checkpoint.get("channel_values") or {}
             keys.update((ns, ch, str(v)) for ch, v in checkpoint["channel_versions"].items() if ch not in inline)
@@ -419,17 +423,16 @@ class _Rows:
             return target, ns, cid, row["parent_checkpoint_id"], _jsonb(column), _jsonb(metadata)
         if kind == "write":
             key = (ns, row["checkpoint_id"], row["task_id"], row["idx"])
-            stored = unseal(self.serde, row["type"], row["blob"], context("write", row["thread_id"], *key))
             return (target, ns, row["checkpoint_id"], row["task_id"], row["task_path"], row["idx"], row["channel"],
-                    *seal(self.serde, *stored, context("write", target, *key)))
+                    *reseal(self.serde, row["type"], row["blob"], "write", row["thread_id"], target, *key))
         key = (ns, row["channel"], row["version"])
-        stored = (row["type"], row["blob"]) if row["type"] == "empty" else seal(self.serde, *unseal(
-            self.serde, row["type"], row["blob"], context("value", row["thread_id"], *key)), context("value", target, *key))
+        stored = (row["type"], row["blob"]) if row["type"] == "empty" else \
+            reseal(self.serde, row["type"], row["blob"], "value", row["thread_id"], target, *key)
         return (target, *key, *stored, row["base"])
 
     def _tuples(self, rows, blob_rows, *, seed: bool) -> list[CheckpointTuple]:
         blobs = self._blob_map(rows[0]["thread_id"], blob_rows) if rows else {}
-        return [self._tuple(row, self._raw_writes(row), blobs, seed=seed) for row in rows]
+        return [self._tuple(row, row["pending"], blobs, seed=seed) for row in rows]
 
     def _kept_rows(self, tup: CheckpointTuple, row, writes_blobs: dict) -> list[tuple[str, tuple]]:
         """Statements that keep one checkpoint readable on its own: whole values, no parent."""
@@ -450,7 +453,7 @@ class _Rows:
                                                        "checkpoint", thread_id, ns, row["checkpoint_id"])),
                                                    _jsonb(row["metadata"]))))
         decoder = Decoder(self.serde, writes_blobs.get(ns, {}))
-        for task_id, channel, type_, value, task_path, idx in self._raw_writes(row):
+        for task_id, channel, type_, value, task_path, idx in row["pending"]:
             where = context("write", thread_id, ns, row["checkpoint_id"], task_id, idx)
             type_, value = dump(self.serde, decoder.value(channel, type_, value), where) if type_ == DELTA \
                 else seal(self.serde, type_, value, where)
@@ -514,7 +517,7 @@ class Postgres(_Rows, PostgresSaver):
         if not rows:
             return []
         rows = self._unpacked(rows)
-        wanted = self._wanted(rows, [self._raw_writes(r) for r in rows])
+        wanted = self._wanted(rows)
         return self._tuples(rows, self._blobs(cur, wanted), seed=seed)
 
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
@@ -627,9 +630,9 @@ class Postgres(_Rows, PostgresSaver):
                 refuse_delta_threads([r["thread_id"] for r in cur.execute(SELECT_DELTA_THREADS_SQL, (thread_ids,))])
                 for thread_id in thread_ids:
                     heads = self._unpacked(cur.execute(SELECT_HEADS_SQL, (thread_id,)).fetchall())
-                    blobs = self._blob_map(thread_id, self._blobs(cur, self._wanted(heads, [self._raw_writes(r) for r in heads])))
+                    blobs = self._blob_map(thread_id, self._blobs(cur, self._wanted(heads)))
                     for row in heads:
-                        kept += self._kept_rows(self._tuple(row, self._raw_writes(row), blobs, seed=False), row, blobs)
+                        kept += self._kept_rows(self._tuple(row, row["pending"], blobs, seed=False), row, blobs)
             if strategy == "delete":
                 cur.execute(TOMBSTONE_SQL, (thread_ids,))
             for sql in DELETE_THREADS_SQL:
@@ -695,7 +698,7 @@ class AsyncPostgres(SyncWrappers, _Rows, AsyncPostgresSaver):
         if not rows:
             return []
         rows = self._unpacked(rows)
-        wanted = self._wanted(rows, [self._raw_writes(r) for r in rows])
+        wanted = self._wanted(rows)
         return self._tuples(rows, await self._blobs(cur, wanted), seed=seed)
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
@@ -800,10 +803,10 @@ class AsyncPostgres(SyncWrappers, _Rows, AsyncPostgresSaver):
                 refuse_delta_threads([r["thread_id"] for r in await cur.fetchall()])
                 for thread_id in thread_ids:
                     heads = self._unpacked(await (await cur.execute(SELECT_HEADS_SQL, (thread_id,))).fetchall())
-                    wanted = self._wanted(heads, [self._raw_writes(r) for r in heads])
+                    wanted = self._wanted(heads)
                     blobs = self._blob_map(thread_id, await self._blobs(cur, wanted))
                     for row in heads:
-                        kept += self._kept_rows(self._tuple(row, self._raw_writes(row), blobs, seed=False), row, blobs)
+                        kept += self._kept_rows(self._tuple(row, row["pending"], blobs, seed=False), row, blobs)
             if strategy == "delete":
                 await cur.execute(TOMBSTONE_SQL, (thread_ids,))
             for sql in DELETE_THREADS_SQL:

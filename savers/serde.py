@@ -1,5 +1,6 @@
 """How checkpoint values are stored: a LangGraph serializer with optional compression and encryption at rest,
-that only ever rebuilds safe types. The savers are constructed with it: `Sqlite(conn, serde=serde_from_env())`.
+that only ever rebuilds safe types. The savers are built with it by `savers.open_saver(url, options=...)`, which
+takes the database's own salt from its keyring (savers.keyring).
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
 from savers.errors import StorageError
+from savers.options import COMPRESSIONS, ENV_KEY, SaverOptions
 
 __all__ = ["EncryptionError", "Serializer", "Cipher", "make_serde", "serde_from_env", "COMPRESSIONS", "MIN_PASSPHRASE_CHARS"]
 
-COMPRESSIONS = ("zstd", "gzip")
 # Smaller values are stored as they are: compressing them saves a few bytes at best, and a value of the
 # exact msgpack type stays eligible for the savers' list deltas (savers.compact).
 COMPRESS_MIN_BYTES = 512
@@ -42,7 +43,6 @@ FORMAT_V1 = 1
 KEY_ID_BYTES, NONCE_BYTES, TAG_BYTES = 4, 12, 16
 _HEADER_BYTES = 1 + KEY_ID_BYTES
 
-ENV_KEY, ENV_COMPRESSION = "AGENT_ENCRYPTION_KEY", "AGENT_COMPRESSION"
 
 
 class EncryptionError(StorageError):
@@ -342,17 +342,10 @@ def make_serde(*, compression: str | None = None, encryption_key: str | None = N
 
 
 def serde_from_env(environ: Mapping[str, str] | None = None, *, salt: bytes | None = None) -> Serializer:
-    """make_serde from AGENT_COMPRESSION (zstd, gzip, none; default none) and AGENT_ENCRYPTION_KEY.
-
-    An AGENT_ENCRYPTION_KEY that is set but empty is an error, not "no encryption": an unset secret in a
-    deployment script must not silently store plaintext."""
-    env = os.environ if environ is None else environ
-    compression = env.get(ENV_COMPRESSION, "").strip().lower()
-    if compression not in ("", "none", *COMPRESSIONS):
-        raise StorageError(f"{ENV_COMPRESSION}={compression!r} is not a compression: use "
-                           f"{', '.join(COMPRESSIONS)} or none")
-    return make_serde(compression=None if compression in ("", "none") else compression,
-                      encryption_key=env.get(ENV_KEY), salt=salt)
+    """make_serde from AGENT_COMPRESSION and AGENT_ENCRYPTION_KEY, read as the savers read them
+    (savers.options.SaverOptions.from_env: set-but-empty key is an error, not "no encryption")."""
+    options = SaverOptions.from_env(environ)
+    return make_serde(compression=options.compression, encryption_key=options.encryption_key, salt=salt)
 
 
 def saver_with_allowlist(saver, extra_allowlist):

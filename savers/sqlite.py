@@ -53,6 +53,7 @@ from savers.compact import (
     dump,
     encrypted,
     load,
+    reseal,
     reseal_metadata,
     seal_metadata,
     split_filter,
@@ -472,10 +473,9 @@ class _Rows:
     def _moved(self, row, target: str) -> tuple:
         """A checkpoint row for another thread, its sealed checkpoint and metadata bound to the new row."""
         thread_id, ns, cid, parent, type_, data, meta = row
-        source, here = context("checkpoint", thread_id, ns, cid), context("checkpoint", target, ns, cid)
         if type_.startswith(CHECKPOINT_TYPE + "+"):
             inner, sealed = type_.split("+", 1)
-            type_, data = seal(self.serde, *unseal(self.serde, sealed, data, source), here)
+            type_, data = reseal(self.serde, sealed, data, "checkpoint", thread_id, target, ns, cid)
             type_ = inner if type_ == MSGPACK else f"{inner}+{type_}"
         if meta is not None:
             meta = dump_metadata(reseal_metadata(self.serde, json.loads(meta), context("metadata", thread_id, ns, cid),
@@ -484,15 +484,13 @@ class _Rows:
 
     def _moved_write(self, write, target: str) -> tuple:
         thread_id, ns, cid, task_id, task_path, idx, channel, type_, value = write
-        stored = unseal(self.serde, type_, value, context("write", thread_id, ns, cid, task_id, idx))
         return (target, ns, cid, task_id, task_path, idx, channel,
-                *seal(self.serde, *stored, context("write", target, ns, cid, task_id, idx)))
+                *reseal(self.serde, type_, value, "write", thread_id, target, ns, cid, task_id, idx))
 
     def _moved_blob(self, blob, target: str) -> tuple:
         thread_id, ns, channel, version, type_, data, base = blob
-        stored = unseal(self.serde, type_, data, context("value", thread_id, ns, channel, version))
-        return (target, ns, channel, version, *seal(self.serde, *stored, context("value", target, ns, channel, version)),
-                base)
+        return (target, ns, channel, version,
+                *reseal(self.serde, type_, data, "value", thread_id, target, ns, channel, version), base)
 
     def _prune_plan(self, thread_ids: list[str], strategy: str) -> Plan:
         kept = []
