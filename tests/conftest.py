@@ -21,9 +21,20 @@ from pgserver import postgres_server  # noqa: E402
 BACKENDS = ["sqlite", "postgres"]
 
 
+MAX_WORKERS = 4
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto` (pyproject's default): one worker per core, at most MAX_WORKERS. Most tests wait on
+    subprocesses and servers, but the ones that kill a run midway or race two writers need a core that is not
+    oversubscribed to mean what they say; each worker also starts its own Postgres server."""
+    return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+
+
 @pytest.fixture(scope="session")
 def pg():
-    """One real Postgres for the session (AGENT_TEST_POSTGRES_URL, else a throwaway embedded server).
+    """One real Postgres per test process (AGENT_TEST_POSTGRES_URL, else a throwaway embedded server); each
+    test gets its own database on it, so parallel workers sharing AGENT_TEST_POSTGRES_URL do not meet.
 
     Its files live outside pytest's own temp tree: another pytest session starting meanwhile resets that
     tree to mode 0700, which would lock out the unprivileged user the server runs as."""
