@@ -83,8 +83,9 @@ def parse_prepare_threshold(value: int | str | None, source: str = "prepare_thre
 
 
 def parse_pool_size(value: int | str, source: str = "pool_size") -> int:
-    """A pool size (2 to 1000) from what a user wrote: the saver keeps one connection for its own statements,
-    and the reply cache and the thread locks need at least one more."""
+    """A pool size (2 to 1000) from what a user wrote: the saver keeps one connection for its own statements
+    (two from 3 up: put_writes gets its own, savers/postgres.py _lanes), and the reply cache and the thread
+    locks need at least one more."""
     try:
         number = int(value.strip()) if isinstance(value, str) else value
     except ValueError:

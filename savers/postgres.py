@@ -5,8 +5,10 @@ Connection problems surface before any work starts, as one StorageError naming h
 
 from __future__ import annotations
 
+import asyncio
 import math
 import select
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager, nullcontext
@@ -476,32 +478,39 @@ class Postgres(_Rows, PostgresSaver):
     def response_cache(self) -> PostgresCache:
         return PostgresCache(self.conn, self)
 
-    _own: psycopg.Connection | None = None
+    @cached_property
+    def _lanes(self) -> dict[str, _Lane]:
+        return _lanes(self.conn, self.lock, threading.Lock)
 
     @contextmanager
-    def _cursor(self, *, pipeline: bool = False) -> Iterator[psycopg.Cursor]:
-        """A cursor on one connection of the pool that the saver keeps for its own statements (they run one
-        at a time under its lock anyway): no checkout per call. A dead one goes back for the pool to replace."""
+    def _cursor(self, *, pipeline: bool = False, lane: str = "main") -> Iterator[psycopg.Cursor]:
+        """A cursor on a connection of the pool that the saver keeps for its own statements (they run one at
+        a time per lane, under the lane's lock): no checkout per call. A dead one goes back for the pool to
+        replace. put_writes has a lane of its own (_lanes)."""
         if not isinstance(self.conn, ConnectionPool):
             with super()._cursor(pipeline=pipeline) as cur:
                 yield cur
             return
-        with self.lock:
-            if self._own is not None and not _idle_and_open(self._own):
-                self.conn.putconn(self._own)
-                self._own = None
-            if self._own is None:
-                self._own = self.conn.getconn()
-            conn = self._own
+        held = self._lanes[lane]
+        with held.lock:
+            if held.conn is not None and not _idle_and_open(held.conn):
+                self.conn.putconn(held.conn)
+                held.conn = None
+            if held.conn is None:
+                held.conn = self.conn.getconn()
+            conn = held.conn
             with conn.transaction() if pipeline else nullcontext(), conn.cursor(binary=True, row_factory=dict_row) as cur:
                 yield cur
 
     def close(self) -> None:
-        """Gives the saver's connection back to the pool (before the pool closes)."""
-        with self.lock:
-            if self._own is not None:
-                self.conn.putconn(self._own)
-                self._own = None
+        """Gives the saver's connections back to the pool (before the pool closes)."""
+        if not isinstance(self.conn, ConnectionPool):
+            return
+        for held in set(self._lanes.values()):
+            with held.lock:
+                if held.conn is not None:
+                    self.conn.putconn(held.conn)
+                    held.conn = None
 
     @contextmanager
     def _transaction(self) -> Iterator[psycopg.Cursor]:
@@ -566,7 +575,7 @@ class Postgres(_Rows, PostgresSaver):
         if not writes:
             return
         sql, params = self._writes_params(config, writes, task_id, task_path)
-        with self._cursor() as cur:
+        with self._cursor(lane="writes") as cur:
             if not cur.execute(sql, params).rowcount and cur.execute(_DELETED, params[-2:]).fetchone():
                 raise thread_deleted(params[0])
 
@@ -658,31 +667,37 @@ class AsyncPostgres(SyncWrappers, _Rows, AsyncPostgresSaver):
     def response_cache(self) -> AsyncPostgresCache:
         return AsyncPostgresCache(self.conn, self)
 
-    _own: psycopg.AsyncConnection | None = None
+    @cached_property
+    def _lanes(self) -> dict[str, _Lane]:
+        return _lanes(self.conn, self.lock, asyncio.Lock)
 
     @asynccontextmanager
-    async def _cursor(self, *, pipeline: bool = False) -> AsyncIterator[psycopg.AsyncCursor]:
-        """As Postgres._cursor: one connection of the pool kept for the saver's own statements."""
+    async def _cursor(self, *, pipeline: bool = False, lane: str = "main") -> AsyncIterator[psycopg.AsyncCursor]:
+        """As Postgres._cursor: connections of the pool kept for the saver's own statements, one per lane."""
         if not isinstance(self.conn, AsyncConnectionPool):
             async with super()._cursor(pipeline=pipeline) as cur:
                 yield cur
             return
-        async with self.lock:
-            if self._own is not None and not _idle_and_open(self._own):
-                await self.conn.putconn(self._own)
-                self._own = None
-            if self._own is None:
-                self._own = await self.conn.getconn()
-            conn = self._own
+        held = self._lanes[lane]
+        async with held.lock:
+            if held.conn is not None and not _idle_and_open(held.conn):
+                await self.conn.putconn(held.conn)
+                held.conn = None
+            if held.conn is None:
+                held.conn = await self.conn.getconn()
+            conn = held.conn
             async with (conn.transaction() if pipeline else _anull()), \
                     conn.cursor(binary=True, row_factory=dict_row) as cur:
                 yield cur
 
     async def aclose(self) -> None:
-        async with self.lock:
-            if self._own is not None:
-                await self.conn.putconn(self._own)
-                self._own = None
+        if not isinstance(self.conn, AsyncConnectionPool):
+            return
+        for held in set(self._lanes.values()):
+            async with held.lock:
+                if held.conn is not None:
+                    await self.conn.putconn(held.conn)
+                    held.conn = None
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[psycopg.AsyncCursor]:
@@ -746,7 +761,7 @@ class AsyncPostgres(SyncWrappers, _Rows, AsyncPostgresSaver):
         if not writes:
             return
         sql, params = self._writes_params(config, writes, task_id, task_path)
-        async with self._cursor() as cur:
+        async with self._cursor(lane="writes") as cur:
             if not (await cur.execute(sql, params)).rowcount and \
                     await (await cur.execute(_DELETED, params[-2:])).fetchone():
                 raise thread_deleted(params[0])
@@ -846,6 +861,25 @@ def _open(conn) -> bool:
     idle timeout, pg_terminate_backend) or sent a fatal error. No round trip, unlike the pool's
     check_connection, which would cost one per call."""
     return not conn.closed and not conn.broken and not select.select([conn.fileno()], [], [], 0)[0]
+
+
+class _Lane:
+    """A connection of the pool a saver holds for one kind of statement, and the lock that lets one caller at
+    a time use it."""
+
+    def __init__(self, lock):
+        self.lock = lock
+        self.conn = None
+
+
+def _lanes(pool, main_lock, new_lock) -> dict[str, _Lane]:
+    """The saver's lanes: "main" for everything but put_writes, which gets a connection of its own when the
+    pool has room for it beside the one the reply cache and thread leases need (pg_pool_size >= 3). LangGraph submits a task's writes and then the step's checkpoint to its background
+    executor without waiting for the writes, so on two connections the two round trips overlap instead of
+    queueing behind one lock (bench/savers.py). Nothing orders them in the database: a write names its
+    checkpoint, the checkpoint row does not depend on the writes, and both check the tombstones themselves."""
+    main = _Lane(main_lock)
+    return {"main": main, "writes": _Lane(new_lock()) if getattr(pool, "max_size", 1) >= 3 else main}
 
 
 def _idle_and_open(conn) -> bool:

@@ -12,6 +12,8 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import TypedDict
 
@@ -283,6 +285,89 @@ def test_a_step_whose_checkpoint_was_saved_survives_sigkill(db_url):
         assert kept.checkpoint["channel_values"]["items"][-1].startswith(f"item {step}:")
         for tup in saver.list(config("t")):  # whatever else made it is whole
             assert len(tup.checkpoint["channel_values"].get("items", [])) == max(tup.metadata["step"], 0)
+
+
+@pytest.fixture
+def pg_url(request, tmp_path) -> str:
+    return fresh_db_url("postgres", request, tmp_path)
+
+
+def _held_writes_table(url: str) -> psycopg.Connection:
+    """Another session holding checkpoint_writes: any INSERT into it waits in the database until released."""
+    blocker = psycopg.connect(url)
+    blocker.execute("LOCK TABLE checkpoint_writes IN EXCLUSIVE MODE")
+    return blocker
+
+
+def test_on_postgres_a_checkpoint_does_not_wait_behind_its_steps_writes(pg_url):
+    """LangGraph hands a task's writes and then the step's checkpoint to its background threads and waits
+    only for the checkpoint; the two go to the database on connections of their own (savers/postgres.py
+    _lanes), so a slow put_writes does not hold up the step."""
+    with savers.open_saver(pg_url) as saver:
+        run(saver, "t", start(3))
+        head = saver.get_tuple(config("t"))
+        blocker = _held_writes_table(pg_url)
+        writes = threading.Thread(target=saver.put_writes, args=(head.config, [("items", ["w"])], "task-1"))
+        next_checkpoint = {**head.checkpoint, "id": savers_next_id(head.checkpoint["id"])}
+        stored = []
+        put = threading.Thread(target=lambda: stored.append(saver.put(
+            head.config, next_checkpoint, {"source": "loop", "step": 4, "parents": {}}, {})))
+        try:
+            writes.start()
+            time.sleep(0.2)
+            put.start()
+            put.join(timeout=10)
+            assert stored and writes.is_alive()  # the checkpoint was stored while the writes still wait
+        finally:
+            blocker.rollback()
+            blocker.close()
+            writes.join(timeout=30)
+            put.join(timeout=30)
+        assert not writes.is_alive()
+        assert saver.get_tuple(stored[0]).checkpoint["id"] == next_checkpoint["id"]
+        assert [w[1:] for w in saver.get_tuple(head.config).pending_writes] == [("items", ["w"])]
+
+
+def test_on_postgres_an_async_checkpoint_does_not_wait_behind_its_steps_writes(pg_url):
+    async def main():
+        async with savers.open_async_saver(pg_url) as saver:
+            await build().compile(checkpointer=saver).ainvoke(start(3), config("t"), durability="sync")
+            head = await saver.aget_tuple(config("t"))
+            blocker = _held_writes_table(pg_url)
+            writes = asyncio.create_task(saver.aput_writes(head.config, [("items", ["w"])], "task-1"))
+            try:
+                await asyncio.sleep(0.2)
+                next_checkpoint = {**head.checkpoint, "id": savers_next_id(head.checkpoint["id"])}
+                stored = await asyncio.wait_for(
+                    saver.aput(head.config, next_checkpoint, {"source": "loop", "step": 4, "parents": {}}, {}), 30)
+                assert not writes.done()
+            finally:
+                blocker.rollback()
+                blocker.close()
+            await asyncio.wait_for(writes, 30)
+            assert (await saver.aget_tuple(stored)).checkpoint["id"] == next_checkpoint["id"]
+            assert [w[1:] for w in (await saver.aget_tuple(head.config)).pending_writes] == [("items", ["w"])]
+
+    asyncio.run(main())
+
+
+def test_on_postgres_a_pool_of_two_runs_with_one_connection_for_the_saver(pg_url):
+    """Two is the smallest pool: the saver keeps one connection, the reply cache and the thread lease share
+    the other (a second saver lane there would leave them none, and the run would wait for a connection)."""
+    from agent import Agent
+
+    with Agent(db=pg_url, model="offline", pg_pool_size=2) as agent:
+        assert agent.reason("What is 17*23+4?", thread="t").answer == "395"
+        assert agent.reason("What is 2+3?", thread="u").answer == "5"
+
+
+def savers_next_id(checkpoint_id: str) -> str:
+    """A checkpoint id after this one, as LangGraph would make the next (uuid6 ids sort by time)."""
+    from langgraph.checkpoint.base.id import uuid6
+
+    new = str(uuid6(clock_seq=1))
+    assert new > checkpoint_id
+    return new
 
 
 # -- small ----------------------------------------------------------------------------------------------------
