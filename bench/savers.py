@@ -161,9 +161,9 @@ def sync_savers(stack: ExitStack, pg: Postgres | None, workdir: Path) -> dict:
 
 
 def bench_time(pg: Postgres | None, rounds: int, threads: int, steps: int, workdir: Path) -> dict[str, tuple]:
-    """Per saver: (median ms/step over rounds, median over rounds of its ratio to InMemorySaver in the same
-    round). Savers take turns in a shuffled order within each round, so load from elsewhere on the machine
-    hits them alike; the ratio within a round is the robust number."""
+    """Per saver: (median ms/step over rounds, (median, lower and upper quartile) over rounds of its ratio to
+    InMemorySaver in the same round). Savers take turns in a shuffled order within each round, so load from
+    elsewhere on the machine hits them alike; the ratio within a round is the robust number."""
     with ExitStack() as stack:
         found = sync_savers(stack, pg, workdir)
         graphs = {name: compiled(saver, steps) for name, saver in found.items()}
@@ -184,8 +184,16 @@ def _rounds(found: dict, rounds: int, run, threads: int) -> dict[str, tuple]:
         print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{n} {v[-1]:.2f}" for n, v in times.items()),
               file=sys.stderr)
     base = times.get(BASELINE)
-    return {name: (statistics.median(v), statistics.median(t / b for t, b in zip(v, base)) if base else None)
+    return {name: (statistics.median(v), _spread([t / b for t, b in zip(v, base)]) if base else None)
             for name, v in times.items()}
+
+
+def _spread(ratios: list[float]) -> tuple[float, float, float]:
+    """Median and quartiles of a saver's per-round ratios: how far one run's number can be trusted."""
+    if len(ratios) < 4:
+        return statistics.median(ratios), min(ratios), max(ratios)
+    low, _, high = statistics.quantiles(ratios, n=4)
+    return statistics.median(ratios), low, high
 
 
 def bench_async_time(pg: Postgres | None, rounds: int, threads: int, steps: int, workdir: Path) -> dict[str, float]:
@@ -311,10 +319,13 @@ def machine() -> str:
 
 def report_time(title: str, times: dict[str, tuple]) -> None:
     print(f"\n{title}\n")
-    print("| saver | ms per step | × InMemorySaver |")
-    print("| --- | ---: | ---: |")
+    print("| saver | ms per step | × InMemorySaver | middle half of rounds |")
+    print("| --- | ---: | ---: | ---: |")
     for name, (ms, ratio) in times.items():
-        print(f"| {name} | {ms:.2f} | {ratio:.2f} |" if ratio is not None else f"| {name} | {ms:.2f} | - |")
+        if ratio is None:
+            print(f"| {name} | {ms:.2f} | - | - |")
+        else:
+            print(f"| {name} | {ms:.2f} | {ratio[0]:.2f} | {ratio[1]:.2f}-{ratio[2]:.2f} |")
 
 
 def report_size(sizes: dict[str, dict[int, float]], lengths: list[int], total: int) -> None:
