@@ -874,10 +874,13 @@ class _Lane:
 
 def _lanes(pool, main_lock, new_lock) -> dict[str, _Lane]:
     """The saver's lanes: "main" for everything but put_writes, which gets a connection of its own when the
-    pool has room for it beside the one the reply cache and thread leases need (pg_pool_size >= 3). LangGraph submits a task's writes and then the step's checkpoint to its background
-    executor without waiting for the writes, so on two connections the two round trips overlap instead of
-    queueing behind one lock (bench/savers.py). Nothing orders them in the database: a write names its
-    checkpoint, the checkpoint row does not depend on the writes, and both check the tombstones themselves."""
+    pool has room for it beside the one the reply cache and thread leases need (pg_pool_size >= 3).
+    LangGraph submits a task's writes and then the step's checkpoint to its background executor and waits
+    only for the checkpoint, so on two connections the round trips overlap instead of queueing behind one
+    lock (bench/savers.py). Nothing orders them in the database: a write names its checkpoint, the checkpoint
+    row does not depend on the writes, and both check the tombstones themselves (a put_writes that commits
+    while delete_thread runs on the other lane can leave orphan writes, as one from another process can:
+    README, Production notes)."""
     main = _Lane(main_lock)
     return {"main": main, "writes": _Lane(new_lock()) if getattr(pool, "max_size", 1) >= 3 else main}
 

@@ -308,7 +308,7 @@ def test_on_postgres_a_checkpoint_does_not_wait_behind_its_steps_writes(pg_url):
         head = saver.get_tuple(config("t"))
         blocker = _held_writes_table(pg_url)
         writes = threading.Thread(target=saver.put_writes, args=(head.config, [("items", ["w"])], "task-1"))
-        next_checkpoint = {**head.checkpoint, "id": savers_next_id(head.checkpoint["id"])}
+        next_checkpoint = {**head.checkpoint, "id": later_id(head.checkpoint["id"])}
         stored = []
         put = threading.Thread(target=lambda: stored.append(saver.put(
             head.config, next_checkpoint, {"source": "loop", "step": 4, "parents": {}}, {})))
@@ -337,7 +337,7 @@ def test_on_postgres_an_async_checkpoint_does_not_wait_behind_its_steps_writes(p
             writes = asyncio.create_task(saver.aput_writes(head.config, [("items", ["w"])], "task-1"))
             try:
                 await asyncio.sleep(0.2)
-                next_checkpoint = {**head.checkpoint, "id": savers_next_id(head.checkpoint["id"])}
+                next_checkpoint = {**head.checkpoint, "id": later_id(head.checkpoint["id"])}
                 stored = await asyncio.wait_for(
                     saver.aput(head.config, next_checkpoint, {"source": "loop", "step": 4, "parents": {}}, {}), 30)
                 assert not writes.done()
@@ -361,7 +361,7 @@ def test_on_postgres_a_pool_of_two_runs_with_one_connection_for_the_saver(pg_url
         assert agent.reason("What is 2+3?", thread="u").answer == "5"
 
 
-def savers_next_id(checkpoint_id: str) -> str:
+def later_id(checkpoint_id: str) -> str:
     """A checkpoint id after this one, as LangGraph would make the next (uuid6 ids sort by time)."""
     from langgraph.checkpoint.base.id import uuid6
 
