@@ -483,6 +483,54 @@ class Decoder:
         return None
 
 
+# A task's writes in one row (SQLite): msgpack [[channel, type, bytes], ...], each value as the inner serializer
+# made it (a delta when it extends a list), the row sealed as a whole; its idx is PACKED_IDX, its channel "*".
+# One row and nine parameters instead of one row per channel: put_writes is on every step's path, and its
+# cost is CPU (bench/savers.py). Read back as the rows it stands for (idx 0..n-1), by unpack_writes.
+PACKED = "agent.writes"
+PACKED_IDX = -1000
+PACKED_CHANNEL = "*"
+# LangGraph's task id for writes made outside a node (input, update_state): it sends them again with new ones
+# appended, and each new one must be added by its own idx, so they stay a row each.
+NULL_TASK_ID = "00000000-0000-0000-0000-000000000000"
+
+
+def packed_write_params(chains, serde, config: Mapping[str, Any], writes, task_id: str,
+                        task_path: str) -> list | None:
+    """A put_writes' nine parameters for one packed row, or None when its writes stay a row each: a single
+    write (nothing to save), the null task, or a special channel (ERROR, INTERRUPT, ...: each has its own idx,
+    and a later call replaces it)."""
+    from langgraph.checkpoint.base import WRITES_IDX_MAP
+
+    if len(writes) < 2 or task_id == NULL_TASK_ID or any(channel in WRITES_IDX_MAP for channel, _ in writes):
+        return None
+    configurable = config["configurable"]
+    thread_id, ns = str(configurable["thread_id"]), str(configurable["checkpoint_ns"])
+    checkpoint_id = str(configurable["checkpoint_id"])
+    inner = inner_of(serde)
+    entries = [[channel, (blob := chains.encode_write(inner, thread_id, ns, channel, value)).type, blob.data]
+               for channel, value in writes]
+    return [thread_id, ns, checkpoint_id, task_id, task_path, PACKED_IDX, PACKED_CHANNEL,
+            *seal(serde, PACKED, ormsgpack.packb(entries),
+                  context("write", thread_id, ns, checkpoint_id, task_id, PACKED_IDX))]
+
+
+def unpack_writes(task_id: str, task_path: str, data: bytes) -> list[tuple]:
+    """The (task_id, channel, type, value, task_path, idx) writes an unsealed packed row stands for."""
+    try:
+        entries = ormsgpack.unpackb(data)
+        rows = [(task_id, channel, type_, value, task_path, idx)
+                for idx, (channel, type_, value) in enumerate(entries)]
+    except (ormsgpack.MsgpackDecodeError, TypeError, ValueError):
+        rows = None
+    if not rows or not all(isinstance(r[1], str) and isinstance(r[2], str) and isinstance(r[3], bytes) for r in rows):
+        from savers.errors import StorageError
+
+        raise StorageError(f"the writes of task {task_id} are stored in a form this version does not read: the "
+                           "row was altered, or written by other code")
+    return rows
+
+
 def write_params(chains, serde, config: Mapping[str, Any], writes, task_id: str, task_path: str) -> tuple[list, bool]:
     """The flat parameters of a put_writes for every backend's INSERT (nine per write), and whether every
     write goes to a special channel (which decides between upsert and insert-if-absent)."""

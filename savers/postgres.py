@@ -40,8 +40,11 @@ from savers.compact import (
     decode_pending,
     unreadable,
     next_config,
+    packed_write_params,
+    unpack_writes,
     write_params,
     DELTA,
+    PACKED,
     Chains,
     Decoder,
     MissingBase,
@@ -308,6 +311,8 @@ class _Rows:
         return put_sql(len(encoded.blobs)), params, encoded
 
     def _writes_params(self, config, writes, task_id: str, task_path: str) -> tuple[str, list]:
+        if (params := packed_write_params(self.chains, self.serde, config, writes, task_id, task_path)) is not None:
+            return writes_sql(1, False), [*params, params[0], params[2]]
         params, special = write_params(self.chains, self.serde, config, writes, task_id, task_path)
         return writes_sql(len(writes), special), [*params, params[0], params[2]]
 
@@ -338,11 +343,18 @@ class _Rows:
         return dict(column)
 
     def _raw_writes(self, row) -> list[tuple]:
-        """(task_id, channel, type, blob, task_path, idx) of a row's pending writes, unsealed."""
+        """(task_id, channel, type, blob, task_path, idx) of a row's pending writes, unsealed, a packed row
+        (compact.PACKED) as the writes it stands for."""
         where = (row["thread_id"], row["checkpoint_ns"], row["checkpoint_id"])
-        return [(t.decode(), c.decode(), *unseal(self.serde, ty.decode(), v,
-                                                 context("write", *where, t.decode(), int(i))), p.decode(), int(i))
-                for t, c, ty, v, p, i in row["writes"] or []]
+        writes = []
+        for t, c, ty, v, p, i in row["writes"] or []:
+            task_id, task_path, idx = t.decode(), p.decode(), int(i)
+            type_, value = unseal(self.serde, ty.decode(), v, context("write", *where, task_id, idx))
+            if type_ == PACKED:
+                writes += unpack_writes(task_id, task_path, value)
+            else:
+                writes.append((task_id, c.decode(), type_, value, task_path, idx))
+        return writes
 
     @staticmethod
     def _wanted(rows) -> dict[str, list]:

@@ -36,7 +36,10 @@ from savers.compact import (
     decode_pending,
     unreadable,
     next_config,
+    packed_write_params,
+    unpack_writes,
     write_params,
+    PACKED,
     DELTA,
     MSGPACK,
     Chains,
@@ -249,6 +252,8 @@ class _Rows:
         return (thread_id, ns, checkpoint["id"], parent_id, type_, data, metadata), encoded
 
     def _writes_statement(self, config, writes, task_id: str, task_path: str) -> tuple[str, list]:
+        if (params := packed_write_params(self.chains, self.serde, config, writes, task_id, task_path)) is not None:
+            return _insert_writes(1, False), [*params, params[0], params[2]]
         params, special = write_params(self.chains, self.serde, config, writes, task_id, task_path)
         return _insert_writes(len(writes), special), [*params, params[0], params[2]]
 
@@ -346,9 +351,16 @@ class _Rows:
         return CheckpointTuple(config, checkpoint, metadata, parent, pending)
 
     def _unseal_writes(self, row, writes) -> list[tuple]:
-        """A checkpoint row's (task_id, channel, type, value, task_path, idx) writes, their values unsealed."""
-        return [(task_id, channel, *unseal(self.serde, type_, value, context("write", *row[:3], task_id, idx)),
-                 task_path, idx) for task_id, channel, type_, value, task_path, idx in writes]
+        """A checkpoint row's (task_id, channel, type, value, task_path, idx) writes, their values unsealed, a
+        packed row (compact.PACKED) as the writes it stands for."""
+        unsealed = []
+        for task_id, channel, type_, value, task_path, idx in writes:
+            type_, value = unseal(self.serde, type_, value, context("write", *row[:3], task_id, idx))
+            if type_ == PACKED:
+                unsealed += unpack_writes(task_id, task_path, value)
+            else:
+                unsealed.append((task_id, channel, type_, value, task_path, idx))
+        return unsealed
 
     # -- operations ------------------------------------------------------------------------------------
 
@@ -512,14 +524,14 @@ class _Rows:
         checkpoint = {**tup.checkpoint, "channel_values": dict(tup.checkpoint["channel_values"])}
         new_row, _ = self._row(thread_id, ns, checkpoint, None, row[6], {}, full=True)
         raw = yield SELECT_ALL_WRITES, (thread_id, ns, checkpoint_id), False
-        values = iter(tup.pending_writes)
+        stored = self._unseal_writes(row, [(w[3], w[6], w[7], w[8], w[4], w[5]) for w in raw])
         writes = []
-        for (*key, channel, type_, value), (_, _, decoded) in zip(
-                sorted(raw, key=lambda w: writes_sort_key(w[4], w[3], w[5])), values):
-            where = context("write", thread_id, ns, checkpoint_id, key[3], key[5])
-            if unseal(self.serde, type_, value, where)[0] == DELTA:
-                type_, value = dump(self.serde, decoded, where)
-            writes.append((*key, channel, type_, value))
+        # In the order of pending_writes (decode_pending sorts the same unsealed writes the same way).
+        for (task_id, channel, type_, value, task_path, idx), (_, _, decoded) in zip(
+                sorted(stored, key=lambda w: writes_sort_key(w[4], w[0], w[5])), tup.pending_writes):
+            where = context("write", thread_id, ns, checkpoint_id, task_id, idx)
+            type_, value = dump(self.serde, decoded, where) if type_ == DELTA else seal(self.serde, type_, value, where)
+            writes.append((thread_id, ns, checkpoint_id, task_id, task_path, idx, channel, type_, value))
         return new_row, writes
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -77,6 +78,33 @@ def llm(monkeypatch):
         for key, value in server.env().items():
             monkeypatch.setenv(key, value)
         yield server
+
+
+def craft_write(conn, channel: str, type_: str, value: bytes) -> int:
+    """Puts a crafted (type, value) in place of every stored write to `channel` of a plaintext database, as an
+    attacker with access to it would: in its own row, or inside a task's packed row (savers.compact.PACKED).
+    `conn`: a sqlite3 or psycopg connection. Returns how many writes it replaced."""
+    import ormsgpack
+
+    from savers.compact import PACKED
+
+    if isinstance(conn, sqlite3.Connection):
+        table, column, key, param = "writes", "value", "rowid", "?"
+    else:
+        table, column, key, param = "checkpoint_writes", "blob", "ctid", "%s"
+    replaced = conn.execute(f"UPDATE {table} SET type = {param}, {column} = {param} WHERE channel = {param}",
+                            (type_, value, channel)).rowcount
+    for row_key, packed in conn.execute(f"SELECT {key}, {column} FROM {table} WHERE type = {param}",
+                                        (PACKED,)).fetchall():
+        entries = ormsgpack.unpackb(packed)
+        hits = [i for i, entry in enumerate(entries) if entry[0] == channel]
+        for i in hits:
+            entries[i] = [channel, type_, value]
+        if hits:
+            conn.execute(f"UPDATE {table} SET {column} = {param} WHERE {key} = {param}",
+                         (ormsgpack.packb(entries), row_key))
+            replaced += len(hits)
+    return replaced
 
 
 class CLI:

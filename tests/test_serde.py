@@ -18,6 +18,8 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.serde.event_hooks import register_serde_event_listener
 from langgraph.types import Interrupt
 
+from conftest import craft_write
+
 from agent.offline import OfflineChatModel
 from graphs.ask import Price, Retry
 from graphs.cot import build_graph, fresh_state
@@ -299,8 +301,7 @@ def test_a_crafted_row_in_the_database_runs_nothing_when_the_thread_is_read(tmp_
     path, witness = tmp_path / "agent.db", tmp_path / "ran"
     reason(path, make_serde())
     with sqlite3.connect(path) as conn:
-        conn.execute("UPDATE writes SET type = 'msgpack', value = ? WHERE channel = 'plan'",
-                     (crafted_values(f"touch {witness}")["constructor"][1],))
+        assert craft_write(conn, "plan", "msgpack", crafted_values(f"touch {witness}")["constructor"][1])
     with opened(path, make_serde()) as (saver, _):
         with pytest.raises(BlockedType, match=r"never loaded from storage \(os\.system\)"):
             list(saver.list(config("t")))

@@ -13,7 +13,7 @@ import pytest
 
 from agent import Agent
 from agent.errors import AgentError
-from conftest import fresh_db_url
+from conftest import craft_write, fresh_db_url
 from savers.errors import StorageError
 
 KEY = "correct horse battery staple 42"
@@ -157,10 +157,10 @@ def test_a_stored_row_crafted_to_run_a_command_is_refused_and_runs_nothing(db_ur
     crafted = ormsgpack.packb(ormsgpack.Ext(0, ormsgpack.packb(["os", "system", f"touch {witness}"])))
     if backend(db_url) == "sqlite":
         with sqlite3.connect(sqlite_path(db_url)) as conn:
-            conn.execute("UPDATE writes SET type = 'msgpack', value = ? WHERE channel = 'plan'", (crafted,))
+            assert craft_write(conn, "plan", "msgpack", crafted)
     else:
         with psycopg.connect(db_url) as conn:
-            conn.execute("UPDATE checkpoint_writes SET type = 'msgpack', blob = %s WHERE channel = 'plan'", (crafted,))
+            assert craft_write(conn, "plan", "msgpack", crafted)
     with Agent(db=db_url) as agent:
         with pytest.raises(StorageError, match=r"never loaded from storage \(os\.system\)"):
             agent.history("t1")
@@ -201,12 +201,14 @@ def test_an_encrypted_value_copied_to_another_row_fails_to_decrypt(db_url, monke
         agent._core.saver.copy_thread("t1", "t1-copy")
         assert [r.summary for r in agent.history("t1-copy")] == [r.summary for r in agent.history("t1")]
     if moved == "write to another checkpoint":
-        # The plan write of t1 replaces the plan write of t2: same key, a valid ciphertext, the wrong row.
+        # The plan write of t1 replaces the plan write of t2: same key, a valid ciphertext, the wrong row. A
+        # task's writes are one packed row (channel '*'): the first task's row is the one with the plan.
+        first = "SELECT {} FROM {} WHERE thread_id = '{}' AND channel IN ('plan', '*') ORDER BY checkpoint_id LIMIT 1"
         _swap(db_url, {
-            "sqlite": "UPDATE writes SET value = (SELECT value FROM writes WHERE thread_id = 't1' AND channel = 'plan' LIMIT 1) "
-                      "WHERE thread_id = 't2' AND channel = 'plan'",
-            "postgres": "UPDATE checkpoint_writes SET blob = (SELECT blob FROM checkpoint_writes WHERE thread_id = 't1' "
-                        "AND channel = 'plan' LIMIT 1) WHERE thread_id = 't2' AND channel = 'plan'"})
+            "sqlite": f"UPDATE writes SET value = ({first.format('value', 'writes', 't1')}) "
+                      f"WHERE rowid = ({first.format('rowid', 'writes', 't2')})",
+            "postgres": f"UPDATE checkpoint_writes SET blob = ({first.format('blob', 'checkpoint_writes', 't1')}) "
+                        f"WHERE ctid = ({first.format('ctid', 'checkpoint_writes', 't2')})"})
     else:
         # t1's first checkpoint, as stored, put in place of t2's: only the thread differs.
         _swap(db_url, {
