@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 import ormsgpack
+from langgraph.checkpoint.base import WRITES_IDX_MAP, writes_sort_key
 
 # The serialized type of a list stored as a delta; its bytes are msgpack [base_key, n_items, new_items].
 DELTA = "agent.delta"
@@ -483,10 +484,10 @@ class Decoder:
         return None
 
 
-# A task's writes in one row (SQLite): msgpack [[channel, type, bytes], ...], each value as the inner serializer
-# made it (a delta when it extends a list), the row sealed as a whole; its idx is PACKED_IDX, its channel "*".
-# One row and nine parameters instead of one row per channel: put_writes is on every step's path, and its
-# cost is CPU (bench/savers.py). Read back as the rows it stands for (idx 0..n-1), by unpack_writes.
+# A task's writes in one row (both backends): msgpack [[channel, type, bytes], ...], each value as the inner
+# serializer made it (a delta when it extends a list), the row sealed as a whole; its idx is PACKED_IDX, its
+# channel "*". One row and nine parameters instead of one row per channel: put_writes is on every step's path,
+# and its cost is CPU (bench/savers.py). Read back as the rows it stands for (idx 0..n-1), by unpack_writes.
 PACKED = "agent.writes"
 PACKED_IDX = -1000
 PACKED_CHANNEL = "*"
@@ -500,8 +501,6 @@ def packed_write_params(chains, serde, config: Mapping[str, Any], writes, task_i
     """A put_writes' nine parameters for one packed row, or None when its writes stay a row each: a single
     write (nothing to save), the null task, or a special channel (ERROR, INTERRUPT, ...: each has its own idx,
     and a later call replaces it)."""
-    from langgraph.checkpoint.base import WRITES_IDX_MAP
-
     if len(writes) < 2 or task_id == NULL_TASK_ID or any(channel in WRITES_IDX_MAP for channel, _ in writes):
         return None
     configurable = config["configurable"]
@@ -534,8 +533,6 @@ def unpack_writes(task_id: str, task_path: str, data: bytes) -> list[tuple]:
 def write_params(chains, serde, config: Mapping[str, Any], writes, task_id: str, task_path: str) -> tuple[list, bool]:
     """The flat parameters of a put_writes for every backend's INSERT (nine per write), and whether every
     write goes to a special channel (which decides between upsert and insert-if-absent)."""
-    from langgraph.checkpoint.base import WRITES_IDX_MAP
-
     configurable = config["configurable"]
     thread_id, ns = str(configurable["thread_id"]), str(configurable["checkpoint_ns"])
     checkpoint_id = str(configurable["checkpoint_id"])
@@ -558,8 +555,6 @@ def next_config(config: Mapping[str, Any], checkpoint: Mapping[str, Any]) -> dic
 def decode_pending(decoder, writes) -> list[tuple[str, str, Any]]:
     """A checkpoint's pending writes, decoded, in LangGraph's order (rows: task_id, channel, type, value,
     task_path, idx)."""
-    from langgraph.checkpoint.base import writes_sort_key
-
     return [(task_id, channel, decoder.value(channel, type_, value))
             for task_id, channel, type_, value, _, _ in
             sorted(writes, key=lambda w: writes_sort_key(w[4], w[0], w[5]))]
