@@ -370,6 +370,45 @@ def later_id(checkpoint_id: str) -> str:
     return new
 
 
+def write_rows(url: str, thread: str, task_id: str) -> int:
+    """How many rows of the writes table hold this task's writes."""
+    if url.startswith("sqlite"):
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
+            return conn.execute("SELECT COUNT(*) FROM writes WHERE thread_id = ? AND task_id = ?",
+                                (thread, task_id)).fetchone()[0]
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT COUNT(*) FROM checkpoint_writes WHERE thread_id = %s AND task_id = %s",
+                            (thread, task_id)).fetchone()[0]
+
+
+def test_a_tasks_writes_are_one_row_and_read_back_as_written(db_url):
+    """savers.compact.PACKED: a task's writes in one row; a single write, special channels and the null task's
+    writes (which LangGraph sends again with new ones appended) a row each. Read back, they are what
+    InMemorySaver gives for the same calls."""
+    null_task = "00000000-0000-0000-0000-000000000000"
+    calls = [
+        ([("items", ["a", "b"]), ("step", 1), ("note", NOTE)], "task-1"),
+        ([("step", 2)], "task-2"),
+        ([("__error__", "ValueError('boom')"), ("step", 3)], "task-3"),
+        ([("items", ["x"]), ("step", 4)], null_task),
+        ([("items", ["x"]), ("step", 4), ("note", "appended")], null_task),
+        ([("items", ["other"]), ("step", 5)], "task-1"),  # the task's writes were saved: nothing more
+    ]
+    reference = InMemorySaver()
+    with savers.open_saver(db_url) as saver:
+        run(saver, "t", start(2))
+        head = saver.get_tuple(config("t"))
+        reference.put(head.parent_config or config("t"), head.checkpoint, head.metadata, {})
+        for writes, task_id in calls:
+            saver.put_writes(head.config, writes, task_id)
+            reference.put_writes(head.config, writes, task_id)
+        expected = reference.get_tuple(head.config).pending_writes
+        assert saver.get_tuple(head.config).pending_writes == expected
+        assert [w for t in saver.list(config("t"), limit=1) for w in t.pending_writes] == expected
+    assert len(expected) == 9
+    assert [write_rows(db_url, "t", task) for task in ("task-1", "task-2", "task-3", null_task)] == [1, 1, 2, 3]
+
+
 # -- small ----------------------------------------------------------------------------------------------------
 
 
