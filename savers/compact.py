@@ -514,6 +514,19 @@ def packed_write_params(chains, serde, config: Mapping[str, Any], writes, task_i
                   context("write", thread_id, ns, checkpoint_id, task_id, PACKED_IDX))]
 
 
+def unseal_writes(serde, thread_id: str, ns: str, checkpoint_id: str, rows) -> list[tuple]:
+    """A checkpoint's stored (task_id, channel, type, value, task_path, idx) writes with their values
+    unsealed, a packed row as the writes it stands for."""
+    writes = []
+    for task_id, channel, type_, value, task_path, idx in rows:
+        type_, value = unseal(serde, type_, value, context("write", thread_id, ns, checkpoint_id, task_id, idx))
+        if type_ == PACKED:
+            writes += unpack_writes(task_id, task_path, value)
+        else:
+            writes.append((task_id, channel, type_, value, task_path, idx))
+    return writes
+
+
 def unpack_writes(task_id: str, task_path: str, data: bytes) -> list[tuple]:
     """The (task_id, channel, type, value, task_path, idx) writes an unsealed packed row stands for."""
     try:

@@ -41,10 +41,9 @@ from savers.compact import (
     unreadable,
     next_config,
     packed_write_params,
-    unpack_writes,
+    unseal_writes,
     write_params,
     DELTA,
-    PACKED,
     Chains,
     Decoder,
     MissingBase,
@@ -345,16 +344,9 @@ class _Rows:
     def _raw_writes(self, row) -> list[tuple]:
         """(task_id, channel, type, blob, task_path, idx) of a row's pending writes, unsealed, a packed row
         (compact.PACKED) as the writes it stands for."""
-        where = (row["thread_id"], row["checkpoint_ns"], row["checkpoint_id"])
-        writes = []
-        for t, c, ty, v, p, i in row["writes"] or []:
-            task_id, task_path, idx = t.decode(), p.decode(), int(i)
-            type_, value = unseal(self.serde, ty.decode(), v, context("write", *where, task_id, idx))
-            if type_ == PACKED:
-                writes += unpack_writes(task_id, task_path, value)
-            else:
-                writes.append((task_id, c.decode(), type_, value, task_path, idx))
-        return writes
+        return unseal_writes(self.serde, row["thread_id"], row["checkpoint_ns"], row["checkpoint_id"],
+                             [(t.decode(), c.decode(), ty.decode(), v, p.decode(), int(i))
+                              for t, c, ty, v, p, i in row["writes"] or []])
 
     @staticmethod
     def _wanted(rows) -> dict[str, list]:

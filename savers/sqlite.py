@@ -37,9 +37,8 @@ from savers.compact import (
     unreadable,
     next_config,
     packed_write_params,
-    unpack_writes,
+    unseal_writes,
     write_params,
-    PACKED,
     DELTA,
     MSGPACK,
     Chains,
@@ -353,14 +352,7 @@ class _Rows:
     def _unseal_writes(self, row, writes) -> list[tuple]:
         """A checkpoint row's (task_id, channel, type, value, task_path, idx) writes, their values unsealed, a
         packed row (compact.PACKED) as the writes it stands for."""
-        unsealed = []
-        for task_id, channel, type_, value, task_path, idx in writes:
-            type_, value = unseal(self.serde, type_, value, context("write", *row[:3], task_id, idx))
-            if type_ == PACKED:
-                unsealed += unpack_writes(task_id, task_path, value)
-            else:
-                unsealed.append((task_id, channel, type_, value, task_path, idx))
-        return unsealed
+        return unseal_writes(self.serde, *row[:3], writes)
 
     # -- operations ------------------------------------------------------------------------------------
 
