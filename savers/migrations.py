@@ -72,6 +72,8 @@ SQLITE = [
     Optional("CREATE UNIQUE INDEX IF NOT EXISTS agent_one_writer ON checkpoints "
              "(thread_id, checkpoint_ns, parent_checkpoint_id) "
              "WHERE json_extract(CAST(metadata AS TEXT), '$.source') IN ('loop', 'input')"),
+    # ... now kept by the put itself (savers/sqlite.py PUT_NEXT), which costs a put less than the index did.
+    "DROP INDEX IF EXISTS agent_one_writer",
 ]
 
 POSTGRES = [

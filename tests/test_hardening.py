@@ -71,6 +71,58 @@ def test_a_second_writer_from_the_same_checkpoint_gets_a_clear_conflict(db_url):
         assert agent.resume("b").answer == "20"
 
 
+def test_one_writer_holds_for_async_savers_for_a_run_start_and_not_for_a_rewrite(db_url):
+    """The async savers refuse the second writer too; so is a second run started ("input") from a checkpoint
+    another run already started from; a checkpoint put again (the same id) is no second writer."""
+    import asyncio
+
+    async def main():
+        async with savers.open_async_saver(db_url) as saver:
+            first = {**_empty_checkpoint(), "id": str(uuid6())}
+            head = await saver.aput(config("a"), first, {"source": "input", "step": -1}, {})
+            step = {**first, "id": str(uuid6())}
+            await saver.aput(head, step, {"source": "loop", "step": 0}, {})
+            await saver.aput(head, step, {"source": "loop", "step": 0, "again": True}, {})  # a rewrite: stored
+            assert (await saver.aget_tuple(config("a"))).metadata.get("again") is True
+            with pytest.raises(WriterConflict, match=f"went on from checkpoint {first['id']}"):
+                await saver.aput(head, {**first, "id": str(uuid6())}, {"source": "loop", "step": 0}, {})
+            started = await saver.aput(config("a", step["id"]), {**step, "id": str(uuid6())},
+                                       {"source": "input", "step": 1}, {})
+            with pytest.raises(WriterConflict):
+                await saver.aput(config("a", step["id"]), {**step, "id": str(uuid6())}, {"source": "input", "step": 1}, {})
+            # Branching on purpose is not a second writer.
+            await saver.aput(config("a", step["id"]), {**step, "id": str(uuid6())}, {"source": "fork", "step": 1}, {})
+            assert [t.config async for t in saver.alist(config("a"), limit=1)][0] != started
+
+    asyncio.run(main())
+
+
+def test_a_database_made_with_the_one_writer_index_keeps_the_rule_without_it(tmp_path):
+    """SQLite databases from before the rule moved into the put (savers/sqlite.py PUT_NEXT) lose the index at
+    open (a migration) and still refuse the second writer."""
+    from savers.migrations import SQLITE
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    SqliteSaver(conn).setup()
+    conn.execute(SQLITE[0])
+    for version, sql in enumerate(SQLITE[:-1]):  # every migration but the last: the index is there
+        conn.execute(sql)
+        conn.execute("INSERT INTO agent_migrations (v) VALUES (?)", (version,))
+    conn.commit()
+    assert conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'agent_one_writer'").fetchone()
+    conn.close()
+    url = f"sqlite:///{path}"
+    with Agent(db=url) as agent:
+        agent.reason(QUESTION, thread="t")
+    with savers.open_saver(url) as saver:
+        assert not saver.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'agent_one_writer'").fetchone()
+        parent, put = stale_put(saver, "t")
+        with pytest.raises(WriterConflict):
+            put()
+        assert len(children(saver, "t", parent)) == 1
+
+
 def test_the_stock_saver_lets_a_late_write_bring_a_deleted_thread_back(tmp_path):
     stock = SqliteSaver(sqlite3.connect(tmp_path / "stock.db", check_same_thread=False))
     stock.put(config("t"), {**_empty_checkpoint(), "id": str(uuid6())}, {"source": "input", "step": -1}, {})
