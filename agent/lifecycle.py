@@ -6,6 +6,7 @@ fails part-way is undone. Overwriting a thread goes through a staging copy, so t
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import uuid
@@ -84,18 +85,29 @@ def export_threads(saver, threads: list[str], out: IO[str], known: set[str]) -> 
     return TransferReport(threads=end["threads"], checkpoints=end["checkpoints"], writes=end["writes"])
 
 
-def _lines(f, sealed) -> Iterator[bytes]:
-    """The lines of an export file; of a staging file sealed by `sealed` (a saver's serde), opened."""
+def _placed_lines(f, sealed) -> Iterator[tuple[int, bytes]]:
+    """(byte offset, line) of an export file; of a staging file sealed by `sealed` (a saver's serde), opened."""
+    from savers.transfer import MAX_LINE_BYTES
+
+    while True:
+        offset = f.tell()
+        line = next(capped_lines(f, MAX_LINE_BYTES), None)
+        if line is None:
+            return
+        yield offset, _opened(line, sealed)
+        if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+            return
+
+
+def _opened(line: bytes, sealed) -> bytes:
     import base64
 
     from savers.transfer import MAX_LINE_BYTES
 
-    for line in capped_lines(f, MAX_LINE_BYTES):
-        if sealed is None or len(line) > MAX_LINE_BYTES:
-            yield line
-        else:
-            type_, _, data = line.strip().partition(b":")
-            yield sealed.unseal(type_.decode(), base64.b64decode(data))[1]
+    if sealed is None or len(line) > MAX_LINE_BYTES:
+        return line
+    type_, _, data = line.strip().partition(b":")
+    return sealed.unseal(type_.decode(), base64.b64decode(data))[1]
 
 
 def _seal_line(sealed, line: str) -> str:
@@ -105,43 +117,70 @@ def _seal_line(sealed, line: str) -> str:
     return f"{type_}:{base64.b64encode(data).decode()}\n"
 
 
-def _scan(path: Path, sealed=None) -> tuple[set[str], int, int]:
-    """First pass over a file: check every line, and find which threads it holds."""
+# Where each thread's records are in an export file, checkpoint by checkpoint in file order (newest first):
+# thread -> [(checkpoint id, [offset, line number, offset, line number, ...]), ...] - the checkpoint's line,
+# then the lines of its writes.
+Index = dict[str, list[tuple[str, list[int]]]]
+
+
+def _scan(path: Path, sealed=None) -> tuple[set[str], int, int, Index]:
+    """First pass over a file: check every line, find which threads it holds and where their records are."""
     from savers.transfer import Checkpoint, ImportError_, read_export
 
-    threads, checkpoints, writes = set(), 0, 0
+    checkpoints, writes, index, at = 0, 0, {}, [0, 0]
+
+    def lines(f):
+        for at[0], line in _placed_lines(f, sealed):
+            at[1] += 1
+            yield line
+
     try:
         with path.open("rb") as f:
-            for record in read_export(_lines(f, sealed)):
+            for record in read_export(lines(f)):
+                if isinstance(record, dict):
+                    continue
+                groups = index.setdefault(record.thread_id, [])
+                if isinstance(record, Checkpoint) or not groups or groups[-1][0] != record.checkpoint_id:
+                    groups.append((record.checkpoint_id, []))
+                groups[-1][1].extend(at)
                 if isinstance(record, Checkpoint):
-                    threads.add(record.thread_id)
                     checkpoints += 1
-                elif not isinstance(record, dict):
+                else:
                     writes += len(record.writes)
     except ImportError_ as exc:
         raise BadInput(f"{path.name}: {exc}") from None
     except OSError as exc:
         raise BadInput(f"cannot read {path}: {exc.strerror}") from None
-    return threads, checkpoints, writes
+    return set(index), checkpoints, writes, index
 
 
-def _write(saver, path: Path, names: dict[str, str], sealed=None) -> None:
-    """Second pass: write the records of the threads in `names`, each under its name there."""
+def _write(saver, path: Path, names: dict[str, str], index: Index, sealed=None,
+           on_checkpoint: Callable[[], None] = lambda: None) -> None:
+    """Second pass: write the records of the threads in `names`, each under its name there, oldest checkpoint
+    first (an export lists them newest first): so each is put after its parent, with only the channels that
+    changed as new, and an imported thread takes the room the original did (transfer.Restorer)."""
     from savers.threads import revive
-    from savers.transfer import put_record, read_export
+    from savers.transfer import MAX_LINE_BYTES, Checkpoint, Restorer, record_reader
 
     for name in names.values():
         revive(saver, name)  # a thread restored under the id of a deleted one is no late write
+    restorer, read_record = Restorer(saver, names.__getitem__), record_reader()
     with path.open("rb") as f:
-        for record in read_export(_lines(f, sealed)):
-            if not isinstance(record, dict) and record.thread_id in names:
-                put_record(saver, record, names.__getitem__)
+        for thread in names:
+            for _, places in reversed(index.get(thread, [])):
+                for offset, number in zip(places[::2], places[1::2]):
+                    f.seek(offset)
+                    line = _opened(next(capped_lines(f, MAX_LINE_BYTES), b""), sealed)
+                    record = read_record(line, number)
+                    restorer.put(record)
+                    if isinstance(record, Checkpoint):
+                        on_checkpoint()
 
 
 def import_file(saver, path: Path, renames: dict[str, str], overwrite: bool,
                 exists: Callable[[str], bool], delete: Callable[[str], None], sealed=None) -> TransferReport:
     """`sealed`: the serde that sealed each line (a staging file of prune on an encrypted database)."""
-    threads, checkpoints, writes = _scan(path, sealed)
+    threads, checkpoints, writes, index = _scan(path, sealed)
     unknown = sorted(set(renames) - threads)
     if unknown:
         raise BadInput(f"--rename names {', '.join(unknown)}, which {path.name} does not hold "
@@ -155,7 +194,7 @@ def import_file(saver, path: Path, renames: dict[str, str], overwrite: bool,
     staging = {t: (f"{target}~import-{uuid.uuid4().hex[:8]}" if target in taken else target)
                for t, target in targets.items()}
     try:
-        _write(saver, path, staging, sealed)
+        _write(saver, path, staging, index, sealed)
     except Exception as exc:
         for name in staging.values():
             delete(name)
@@ -164,7 +203,7 @@ def import_file(saver, path: Path, renames: dict[str, str], overwrite: bool,
     for source, target in targets.items():
         if staging[source] != target:
             delete(target)
-            _write(saver, path, {source: target}, sealed)  # should this fail, the staging copy stays, whole
+            _write(saver, path, {source: target}, index, sealed)  # should this fail, the staging copy stays, whole
             delete(staging[source])
     return TransferReport(threads=sorted(targets.values()), checkpoints=checkpoints, writes=writes,
                           renamed={k: v for k, v in renames.items()}, replaced=taken)
@@ -172,31 +211,31 @@ def import_file(saver, path: Path, renames: dict[str, str], overwrite: bool,
 
 def migrate(source, target, threads: list[str], exists: Callable[[str], bool], delete: Callable[[str], None],
             on_checkpoint: Callable[[], None] = lambda: None) -> TransferReport:
-    """Copy threads from one database to another, streamed, checked as an import is; all or nothing."""
-    import json
-
-    from savers.threads import revive
-    from savers.transfer import Checkpoint, ImportError_, export_records, put_record, read_export
+    """Copy threads from one database to another, checked as an import is; all or nothing. Each thread goes
+    through a staging file in the system's temporary directory (sealed line by line when the source is
+    encrypted, as trim's), so that it is written oldest checkpoint first and takes the room it took in the
+    source (transfer.Restorer); one thread at a time, so the staging file is one thread's export."""
+    from savers.compact import encrypted
+    from savers.transfer import export_records
 
     taken = sorted(t for t in threads if exists(t))
     if taken:
         raise ThreadExists(f"thread {', '.join(repr(t) for t in taken)} already exists in the target database; "
                            "delete it there first, or export and import with --rename")
+    sealed = source.serde if encrypted(getattr(source, "serde", None)) else None
     checkpoints = writes = 0
     try:
-        for thread in threads:
-            revive(target, thread)
-        lines = (json.dumps(record) for record in export_records(source, threads))
-        for record in read_export(lines):
-            if isinstance(record, dict):
-                continue
-            put_record(target, record, str)
-            if isinstance(record, Checkpoint):
-                checkpoints += 1
-                on_checkpoint()
-            else:
-                writes += len(record.writes)
-    except (ImportError_, Exception) as exc:
+        with tempfile.TemporaryDirectory(prefix="agent-migrate-") as workdir:
+            path = Path(workdir) / "thread.jsonl"
+            for thread in threads:
+                with path.open("w", encoding="utf-8") as f:
+                    for record in export_records(source, [thread]):
+                        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+                        f.write(line if sealed is None else _seal_line(sealed, line))
+                _, counted, written, index = _scan(path, sealed)
+                _write(target, path, {thread: thread}, index, sealed, on_checkpoint)
+                checkpoints, writes = checkpoints + counted, writes + written
+    except Exception as exc:
         for thread in threads:
             delete(thread)
         raise StorageError(f"migration failed ({type(exc).__name__}: {exc}); the target is as it was") from None
@@ -272,8 +311,6 @@ def trim_thread(saver, thread: str, remove: set[str], workdir: Path, exists: Cal
 
     Through the export format and an overwriting import, so it works on every backend and the thread is
     replaced only once the trimmed copy is whole."""
-    import json
-
     from savers.transfer import export_records
 
     from savers.compact import encrypted

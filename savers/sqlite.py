@@ -125,16 +125,20 @@ PUT_CHECKPOINT = f"INSERT INTO checkpoints ({_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?,
 # A run's next checkpoint (source "loop" or "input", with a parent; parameters ?1-?7 are the row's columns): also
 # not stored when another writer already went on from the same parent - one writer per thread, kept by the
 # database. SQLite runs the statement under its write lock, so the check and the insert are one step (Postgres
-# keeps a unique index, agent_one_writer, for the same rule). A child is looked for after its parent in the
-# primary key (checkpoint ids grow with time on the one machine that holds the file): at the head of a thread
-# that is one index seek, where the unique index cost every put a third b-tree to write (bench/calls.py, same
-# run: put 101 -> 84 us per step).
+# keeps a unique index, agent_one_writer, for the same rule; here that index cost every put a third b-tree to
+# write: bench/calls.py, same run, put 101 -> 84 us per step). The child is looked for among the first
+# NEXT_ROWS checkpoints after its parent in the primary key: checkpoint ids grow with the clock of the one
+# machine that holds the file, so the other writer's child comes right after the parent - at the head of a
+# thread there is nothing after it (one index seek), and an import, which puts a thread newest first, reads
+# at most NEXT_ROWS rows per put instead of every newer one.
 ONE_WRITER_SOURCES = ("loop", "input")
+NEXT_ROWS = 8
 PUT_NEXT = (f"INSERT INTO checkpoints ({_COLUMNS}) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 "
             "WHERE NOT EXISTS (SELECT 1 FROM agent_tombstones WHERE thread_id = ?1 AND ?4 <= last_checkpoint_id) "
-            "AND NOT EXISTS (SELECT 1 FROM checkpoints c WHERE c.thread_id = ?1 AND c.checkpoint_ns = ?2 "
-            "AND c.checkpoint_id > ?4 AND c.checkpoint_id <> ?3 AND c.parent_checkpoint_id = ?4 "
-            "AND json_extract(CAST(c.metadata AS TEXT), '$.source') IN ('loop', 'input')) " + _UPSERT)
+            "AND NOT EXISTS (SELECT 1 FROM (SELECT parent_checkpoint_id AS parent, metadata FROM checkpoints "
+            "WHERE thread_id = ?1 AND checkpoint_ns = ?2 AND checkpoint_id > ?4 AND checkpoint_id <> ?3 "
+            f"ORDER BY checkpoint_id LIMIT {NEXT_ROWS}) WHERE parent = ?4 "
+            "AND json_extract(CAST(metadata AS TEXT), '$.source') IN ('loop', 'input')) " + _UPSERT)
 TOMBSTONE = ("INSERT INTO agent_tombstones (thread_id, last_checkpoint_id) SELECT thread_id, MAX(checkpoint_id) "
              "FROM checkpoints WHERE thread_id IN (SELECT value FROM json_each(?)) GROUP BY thread_id "
              "ON CONFLICT (thread_id) DO UPDATE SET "

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -171,12 +172,7 @@ def read_export(lines: Iterable[bytes | str]) -> Iterator[Checkpoint | Writes | 
             if raw.strip():
                 raise _fail(number, "data after the end record")
             continue
-        try:
-            record = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise _fail(number, f"not valid JSON ({getattr(exc, 'msg', exc)})") from None
-        if not isinstance(record, dict):
-            raise _fail(number, "not a JSON object")
+        record = _json(raw, number)
         if number == 1:
             if record.get("format") != FORMAT:
                 raise _fail(number, f"not an {FORMAT} file")
@@ -184,34 +180,10 @@ def read_export(lines: Iterable[bytes | str]) -> Iterator[Checkpoint | Writes | 
                 raise _fail(number, f"export version {record.get('version')!r}; this agent reads version {VERSION}")
             continue
         kind = record.get("type")
-        if kind == "checkpoint":
-            checkpoint = _decode(serde, record.get("checkpoint"), number, "checkpoint")
-            metadata = record.get("metadata")
-            cid = _str(record, "checkpoint_id", number)
-            if not isinstance(checkpoint, dict) or checkpoint.get("id") != cid:
-                raise _fail(number, "the checkpoint does not match its checkpoint_id")
-            missing = [key for key in CHECKPOINT_KEYS if not isinstance(checkpoint.get(key), dict)]
-            if missing:
-                raise _fail(number, f"the checkpoint has no {', '.join(missing)}")
-            # Our graph's state is plain data; anything else in it was put there by hand.
-            if not _plain(checkpoint["channel_values"]):
-                raise _fail(number, "the checkpoint holds values that are not plain data")
-            if not isinstance(metadata, dict) or not _plain(metadata):
-                raise _fail(number, "metadata must be a JSON object of plain values")
-            count += 1
-            yield Checkpoint(_str(record, "thread_id", number), _ns(record, number), cid,
-                             _str(record, "parent_checkpoint_id", number, optional=True), checkpoint, metadata)
-        elif kind == "writes":
-            items = record.get("writes")
-            if not isinstance(items, list):
-                raise _fail(number, "'writes' must be a list")
-            writes = []
-            for item in items:
-                if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)):
-                    raise _fail(number, "each write must be [channel, type, base64]")
-                writes.append((item[0], _decode(serde, item[1:], number, f"write to '{item[0]}'")))
-            yield Writes(_str(record, "thread_id", number), _ns(record, number),
-                         _str(record, "checkpoint_id", number), _str(record, "task_id", number), writes)
+        if kind in ("checkpoint", "writes"):
+            parsed = parse_record(serde, record, number)
+            count += isinstance(parsed, Checkpoint)
+            yield parsed
         elif kind == "end":
             if record.get("checkpoints") != count:
                 raise _fail(number, f"the end record counts {record.get('checkpoints')} checkpoints, the file "
@@ -224,6 +196,59 @@ def read_export(lines: Iterable[bytes | str]) -> Iterator[Checkpoint | Writes | 
         raise ImportError_("the file ends before its end record (cut short?); nothing was imported")
 
 
+def _json(raw: bytes | str, number: int) -> dict:
+    try:
+        record = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _fail(number, f"not valid JSON ({getattr(exc, 'msg', exc)})") from None
+    if not isinstance(record, dict):
+        raise _fail(number, "not a JSON object")
+    return record
+
+
+def record_reader() -> Callable[[bytes | str, int], Checkpoint | Writes]:
+    """Reads one checkpoint or writes line of an export read before (read_export) again by itself."""
+    serde = _load_serde()
+
+    def read(raw: bytes | str, number: int) -> Checkpoint | Writes:
+        record = _json(raw, number)
+        if record.get("type") not in ("checkpoint", "writes"):
+            raise _fail(number, "not a checkpoint or writes record")
+        return parse_record(serde, record, number)
+
+    return read
+
+
+def parse_record(serde, record: dict, number: int) -> Checkpoint | Writes:
+    """A checkpoint or writes record, checked (a hostile file is refused, never loaded)."""
+    if record.get("type") == "checkpoint":
+        checkpoint = _decode(serde, record.get("checkpoint"), number, "checkpoint")
+        metadata = record.get("metadata")
+        cid = _str(record, "checkpoint_id", number)
+        if not isinstance(checkpoint, dict) or checkpoint.get("id") != cid:
+            raise _fail(number, "the checkpoint does not match its checkpoint_id")
+        missing = [key for key in CHECKPOINT_KEYS if not isinstance(checkpoint.get(key), dict)]
+        if missing:
+            raise _fail(number, f"the checkpoint has no {', '.join(missing)}")
+        # Our graph's state is plain data; anything else in it was put there by hand.
+        if not _plain(checkpoint["channel_values"]):
+            raise _fail(number, "the checkpoint holds values that are not plain data")
+        if not isinstance(metadata, dict) or not _plain(metadata):
+            raise _fail(number, "metadata must be a JSON object of plain values")
+        return Checkpoint(_str(record, "thread_id", number), _ns(record, number), cid,
+                          _str(record, "parent_checkpoint_id", number, optional=True), checkpoint, metadata)
+    items = record.get("writes")
+    if not isinstance(items, list):
+        raise _fail(number, "'writes' must be a list")
+    writes = []
+    for item in items:
+        if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)):
+            raise _fail(number, "each write must be [channel, type, base64]")
+        writes.append((item[0], _decode(serde, item[1:], number, f"write to '{item[0]}'")))
+    return Writes(_str(record, "thread_id", number), _ns(record, number),
+                  _str(record, "checkpoint_id", number), _str(record, "task_id", number), writes)
+
+
 def _ns(record: dict, line: int) -> str:
     ns = record.get("checkpoint_ns", "")
     if not isinstance(ns, str):
@@ -234,11 +259,35 @@ def _ns(record: dict, line: int) -> str:
 # -- writing into a database ---------------------------------------------------------------------------------
 
 
-def put_record(saver, record: Checkpoint | Writes, rename: Callable[[str], str]) -> None:
-    thread = rename(record.thread_id)
-    if isinstance(record, Checkpoint):
+class Restorer:
+    """Puts an export's records into a saver, through its public interface.
+
+    Each checkpoint's new channel versions are those that differ from its parent's, as LangGraph's own loop
+    passes them: a value is stored where it changed, and referred to after - and on our savers a list that
+    grows by a step is stored as that step's delta (savers/compact.py). Fed oldest first (lifecycle.import_file
+    does), an imported thread so takes the room the original did; newest first (an export's own order) each
+    list is stored whole, and a thread of N steps takes room in N^2 (3,000 steps of bench/savers.py's graph:
+    34.7 MB instead of 3.9 MB).
+    A checkpoint whose parent was not put just before (newest first, a trimmed parent, a fork from far back:
+    PARENTS are remembered) counts every channel as new, so backends that store values apart (Postgres
+    blobs) have them all.
+    """
+
+    PARENTS = 256
+
+    def __init__(self, saver, rename: Callable[[str], str]) -> None:
+        self.saver, self.rename = saver, rename
+        self._versions: OrderedDict[tuple[str, str, str], dict] = OrderedDict()
+
+    def put(self, record: Checkpoint | Writes) -> None:
+        thread = self.rename(record.thread_id)
+        if isinstance(record, Writes):
+            self.saver.put_writes(_config(thread, record.ns, record.checkpoint_id), record.writes, record.task_id)
+            return
         versions = dict(record.checkpoint.get("channel_versions", {}))
-        # Every channel counts as new, so backends that store values apart (Postgres blobs) get them all.
-        saver.put(_config(thread, record.ns, record.parent_id), record.checkpoint, record.metadata, versions)
-    else:
-        saver.put_writes(_config(thread, record.ns, record.checkpoint_id), record.writes, record.task_id)
+        parent = self._versions.get((thread, record.ns, record.parent_id)) if record.parent_id else None
+        new = versions if parent is None else {c: v for c, v in versions.items() if parent.get(c) != v}
+        self.saver.put(_config(thread, record.ns, record.parent_id), record.checkpoint, record.metadata, new)
+        self._versions[(thread, record.ns, record.checkpoint_id)] = versions
+        if len(self._versions) > self.PARENTS:
+            self._versions.popitem(last=False)

@@ -250,6 +250,53 @@ def test_prune_keeps_every_branch_resumable_and_shrinks_sqlite(db_url):
         assert agent.replay("done1", head.checkpoint_id).status == "done"
 
 
+def stored_bytes(url: str, thread: str) -> int:
+    """Bytes of a thread's rows: its checkpoints, the values stored apart from them (Postgres), its writes."""
+    if url.startswith("sqlite"):
+        import sqlite3
+
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
+            return sum(conn.execute(sql, (thread,)).fetchone()[0] or 0 for sql in (
+                "SELECT SUM(LENGTH(checkpoint) + LENGTH(metadata)) FROM checkpoints WHERE thread_id = ?",
+                "SELECT SUM(LENGTH(value)) FROM writes WHERE thread_id = ?"))
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        return sum(conn.execute(sql, (thread,)).fetchone()[0] or 0 for sql in (
+            "SELECT SUM(pg_column_size(checkpoint) + pg_column_size(metadata)) FROM checkpoints WHERE thread_id = %s",
+            "SELECT SUM(LENGTH(blob)) FROM checkpoint_blobs WHERE thread_id = %s",
+            "SELECT SUM(LENGTH(blob)) FROM checkpoint_writes WHERE thread_id = %s"))
+
+
+def test_imported_migrated_and_trimmed_threads_take_the_room_the_original_did(db_url, tmp_path, request):
+    """An export lists a thread newest first: written in that order, with every channel counted as new, each
+    checkpoint stored its lists whole - a thread of N steps in N^2 room. Import, migrate and trim (through an
+    import) write a thread oldest first, with only its changed channels as new."""
+    from conftest import fresh_db_url
+
+    from agent.lifecycle import RetentionPolicy
+
+    long = "What is " + "+".join(str(n) for n in range(2, 202)) + "?"  # 199 steps: the old way took 1.85x the room
+    (tmp_path / "other").mkdir()
+    other = fresh_db_url("sqlite" if db_url.startswith("sqlite") else "postgres", request, tmp_path / "other")
+    with Agent(db=db_url) as agent, Agent(db=other) as target:
+        agent.reason(long, thread="t")
+        original, view = stored_bytes(db_url, "t"), record(agent, "t")
+        with (tmp_path / "t.jsonl").open("w") as f:
+            agent.export(f, ["t"])
+        agent.import_file(tmp_path / "t.jsonl", renames={"t": "imported"})
+        agent.migrate_to(target, ["t"])
+        for url, thread in ((db_url, "imported"), (other, "t")):
+            assert stored_bytes(url, thread) < original * 1.1, thread
+        assert [row[1:] for row in record(target, "t")] == [row[1:] for row in view]
+        assert [row[2:] for row in record(agent, "imported")] == [row[2:] for row in view]
+        checkpoints = len(view)
+        agent.prune(RetentionPolicy(keep=checkpoints - 3), thread="t")
+        assert len(agent.history("t")) == checkpoints - 3
+        assert stored_bytes(db_url, "t") < original * 1.1
+        assert agent.result("t").answer == str(sum(range(2, 202)))
+
+
 def test_prune_policy_options(db_url):
     from agent.lifecycle import RetentionPolicy
 
