@@ -121,7 +121,8 @@ _DELETED = "SELECT 1 FROM agent_tombstones WHERE thread_id = ? AND ? <= last_che
 _UPSERT = ("ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id) DO UPDATE SET "
            "parent_checkpoint_id = excluded.parent_checkpoint_id, type = excluded.type, "
            "checkpoint = excluded.checkpoint, metadata = excluded.metadata")
-PUT_CHECKPOINT = f"INSERT INTO checkpoints ({_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS ({_DELETED}) {_UPSERT}"
+PUT_CHECKPOINT = (f"INSERT INTO checkpoints ({_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS ({_DELETED}) "
+                  + _UPSERT)
 # A run's next checkpoint (source "loop" or "input", with a parent; parameters ?1-?7 are the row's columns): also
 # not stored when another writer already went on from the same parent - one writer per thread, kept by the
 # database. SQLite runs the statement under its write lock, so the check and the insert are one step (Postgres
@@ -129,8 +130,8 @@ PUT_CHECKPOINT = f"INSERT INTO checkpoints ({_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?,
 # write: bench/calls.py, same run, put 101 -> 84 us per step). The child is looked for among the first
 # NEXT_ROWS checkpoints after its parent in the primary key: checkpoint ids grow with the clock of the one
 # machine that holds the file, so the other writer's child comes right after the parent - at the head of a
-# thread there is nothing after it (one index seek), and an import, which puts a thread newest first, reads
-# at most NEXT_ROWS rows per put instead of every newer one.
+# thread there is nothing after it (one index seek), and a caller that puts a thread newest first (as an export
+# lists it) reads at most NEXT_ROWS rows per put instead of every newer one (1,000 checkpoints: 1.6 s -> 1.0 s).
 ONE_WRITER_SOURCES = ("loop", "input")
 NEXT_ROWS = 8
 PUT_NEXT = (f"INSERT INTO checkpoints ({_COLUMNS}) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 "
@@ -714,7 +715,7 @@ class AsyncSqlite(SyncWrappers, _Rows, AsyncSqliteSaver):
     async def _in_thread(self, fn, *args) -> Any:
         """fn(the sqlite3 connection, *args) on aiosqlite's thread, in one hop through its queue: its public
         API takes a hop per statement and one more to close each cursor, each hop two thread wake-ups
-        (bench/calls.py-style replay: aput 355 -> 241 us per step, process CPU -31%). A whole transaction
+        (saver calls replayed as bench/calls.py does: aput 355 -> 241 us per step, CPU -31%). A whole transaction
         so runs at once, and a cancelled caller cannot leave it open between two hops."""
         return await self.conn._execute(fn, self.conn._conn, *args)
 

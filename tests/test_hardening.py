@@ -89,7 +89,8 @@ def test_one_writer_holds_for_async_savers_for_a_run_start_and_not_for_a_rewrite
             started = await saver.aput(config("a", step["id"]), {**step, "id": str(uuid6())},
                                        {"source": "input", "step": 1}, {})
             with pytest.raises(WriterConflict):
-                await saver.aput(config("a", step["id"]), {**step, "id": str(uuid6())}, {"source": "input", "step": 1}, {})
+                await saver.aput(config("a", step["id"]), {**step, "id": str(uuid6())},
+                                 {"source": "input", "step": 1}, {})
             # Branching on purpose is not a second writer.
             await saver.aput(config("a", step["id"]), {**step, "id": str(uuid6())}, {"source": "fork", "step": 1}, {})
             assert [t.config async for t in saver.alist(config("a"), limit=1)][0] != started
