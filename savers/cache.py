@@ -84,6 +84,21 @@ class _Sealed:
         return getattr(self.saver, "serde", None)
 
 
+def in_aiosqlite_thread(conn, fn, *args) -> Any:
+    """fn(the sqlite3 connection, *args) on an aiosqlite connection's thread, in one hop through its queue (an
+    awaitable): its public API takes a hop per statement and one more per cursor, each hop two thread
+    wake-ups. Used by the async SQLite saver and this cache."""
+    return conn._execute(fn, conn._conn, *args)
+
+
+def _get(conn, key: str):
+    return conn.execute(_GET.format(p="?"), (key,)).fetchone()
+
+
+def _execute(conn, sql: str, params) -> None:
+    conn.execute(sql, params)  # the saver's connection is in autocommit mode: this commits
+
+
 class SqliteCache(_Sealed):
     """Shares the saver's connection and lock, so it is as thread-safe as the saver."""
 
@@ -92,17 +107,15 @@ class SqliteCache(_Sealed):
 
     def get(self, key: str) -> dict | None:
         with self.lock:
-            return _decode(self.conn.execute(_GET.format(p="?"), (key,)).fetchone(), self.serde, key)
+            return _decode(_get(self.conn, key), self.serde, key)
 
     def put(self, key: str, model: str, thread_id: str | None, value: dict) -> None:
         with self.lock:
-            self.conn.execute(_PUT.format(p="?"), _params(key, model, thread_id, value, self.serde))
-            self.conn.commit()
+            _execute(self.conn, _PUT.format(p="?"), _params(key, model, thread_id, value, self.serde))
 
     def forget(self, thread_id: str) -> None:
         with self.lock:
-            self.conn.execute(_FORGET.format(p="?"), (thread_id,))
-            self.conn.commit()
+            _execute(self.conn, _FORGET.format(p="?"), (thread_id,))
 
 
 class AsyncSqliteCache(_Sealed):
@@ -111,18 +124,17 @@ class AsyncSqliteCache(_Sealed):
 
     async def aget(self, key: str) -> dict | None:
         async with self.lock:
-            async with self.conn.execute(_GET.format(p="?"), (key,)) as cur:
-                return _decode(await cur.fetchone(), self.serde, key)
+            row = await in_aiosqlite_thread(self.conn, _get, key)
+        return _decode(row, self.serde, key)
 
     async def aput(self, key: str, model: str, thread_id: str | None, value: dict) -> None:
+        params = _params(key, model, thread_id, value, self.serde)
         async with self.lock:
-            await self.conn.execute(_PUT.format(p="?"), _params(key, model, thread_id, value, self.serde))
-            await self.conn.commit()
+            await in_aiosqlite_thread(self.conn, _execute, _PUT.format(p="?"), params)
 
     async def aforget(self, thread_id: str) -> None:
         async with self.lock:
-            await self.conn.execute(_FORGET.format(p="?"), (thread_id,))
-            await self.conn.commit()
+            await in_aiosqlite_thread(self.conn, _execute, _FORGET.format(p="?"), (thread_id,))
 
 
 class PostgresCache(_Sealed):

@@ -31,7 +31,7 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.checkpoint.sqlite.utils import search_where
 
-from savers.cache import AsyncSqliteCache, SqliteCache
+from savers.cache import AsyncSqliteCache, SqliteCache, in_aiosqlite_thread
 from savers.compact import (
     decode_pending,
     unreadable,
@@ -713,11 +713,10 @@ class AsyncSqlite(SyncWrappers, _Rows, AsyncSqliteSaver):
             return await self._in_thread(_run_plan, plan, begin)
 
     async def _in_thread(self, fn, *args) -> Any:
-        """fn(the sqlite3 connection, *args) on aiosqlite's thread, in one hop through its queue: its public
-        API takes a hop per statement and one more to close each cursor, each hop two thread wake-ups
-        (saver calls replayed as bench/calls.py does: aput 355 -> 241 us per step, CPU -31%). A whole transaction
-        so runs at once, and a cancelled caller cannot leave it open between two hops."""
-        return await self.conn._execute(fn, self.conn._conn, *args)
+        """fn(the sqlite3 connection, *args) in one hop to aiosqlite's thread (cache.in_aiosqlite_thread; saver
+        calls replayed as bench/calls.py does: aput 355 -> 241 us per step, CPU -31%). A whole transaction so
+        runs at once, and a cancelled caller cannot leave it open between two hops."""
+        return await in_aiosqlite_thread(self.conn, fn, *args)
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         return await self._run(self._get_tuple_plan(config), "BEGIN")
