@@ -127,7 +127,7 @@ def _scan(path: Path, sealed=None) -> tuple[set[str], int, int, Index]:
     """First pass over a file: check every line, find which threads it holds and where their records are."""
     from savers.transfer import Checkpoint, ImportError_, read_export
 
-    checkpoints, writes, index, at = 0, 0, {}, [0, 0]
+    threads, checkpoints, writes, index, at = set(), 0, 0, {}, [0, 0]
 
     def lines(f):
         for at[0], line in _placed_lines(f, sealed):
@@ -144,6 +144,7 @@ def _scan(path: Path, sealed=None) -> tuple[set[str], int, int, Index]:
                     groups.append((record.checkpoint_id, []))
                 groups[-1][1].extend(at)
                 if isinstance(record, Checkpoint):
+                    threads.add(record.thread_id)
                     checkpoints += 1
                 else:
                     writes += len(record.writes)
@@ -151,7 +152,7 @@ def _scan(path: Path, sealed=None) -> tuple[set[str], int, int, Index]:
         raise BadInput(f"{path.name}: {exc}") from None
     except OSError as exc:
         raise BadInput(f"cannot read {path}: {exc.strerror}") from None
-    return set(index), checkpoints, writes, index
+    return threads, checkpoints, writes, index
 
 
 def _write(saver, path: Path, names: dict[str, str], index: Index, sealed=None,
