@@ -33,15 +33,12 @@ class TransferReport:
         return asdict(self)
 
 
-def capped_lines(f: IO[bytes], cap: int) -> Iterator[bytes]:
-    """Lines of a binary file, none read past `cap` bytes (a longer one comes back over-long, to be refused)."""
-    while True:
-        line = f.readline(cap + 1)
-        if not line:
-            return
-        yield line
-        if len(line) > cap and not line.endswith(b"\n"):
-            return
+def _line(f: IO[bytes]) -> bytes:
+    """The next line of a binary file, read no further than one byte past MAX_LINE_BYTES (a longer line comes
+    back over-long, to be refused); b"" at the end."""
+    from savers.transfer import MAX_LINE_BYTES
+
+    return f.readline(MAX_LINE_BYTES + 1)
 
 
 def parse_renames(pairs: list[str]) -> dict[str, str]:
@@ -89,12 +86,8 @@ def _placed_lines(f, sealed) -> Iterator[tuple[int, bytes]]:
     """(byte offset, line) of an export file; of a staging file sealed by `sealed` (a saver's serde), opened."""
     from savers.transfer import MAX_LINE_BYTES
 
-    while True:
-        offset = f.tell()
-        line = next(capped_lines(f, MAX_LINE_BYTES), None)
-        if line is None:
-            return
-        yield offset, _opened(line, sealed)
+    while line := _line(f):
+        yield f.tell() - len(line), _opened(line, sealed)
         if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
             return
 
@@ -161,7 +154,7 @@ def _write(saver, path: Path, names: dict[str, str], index: Index, sealed=None,
     first (an export lists them newest first): so each is put after its parent, with only the channels that
     changed as new, and an imported thread takes the room the original did (transfer.Restorer)."""
     from savers.threads import revive
-    from savers.transfer import MAX_LINE_BYTES, Checkpoint, Restorer, record_reader
+    from savers.transfer import Checkpoint, Restorer, record_reader
 
     for name in names.values():
         revive(saver, name)  # a thread restored under the id of a deleted one is no late write
@@ -171,7 +164,7 @@ def _write(saver, path: Path, names: dict[str, str], index: Index, sealed=None,
             for _, places in reversed(index.get(thread, [])):
                 for offset, number in zip(places[::2], places[1::2]):
                     f.seek(offset)
-                    line = _opened(next(capped_lines(f, MAX_LINE_BYTES), b""), sealed)
+                    line = _opened(_line(f), sealed)
                     record = read_record(line, number)
                     restorer.put(record)
                     if isinstance(record, Checkpoint):
