@@ -66,6 +66,34 @@ def _parse(expression: str) -> ast.expr:
         return ast.parse(expression, mode="eval").body
     except SyntaxError:
         raise CannotAnswer(f"'{expression}' is not a well-formed expression") from None
+    except RecursionError:  # Python's parser builds the tree recursively: some thousands of operations deep
+        raise CannotAnswer("the expression is too long to read (it has thousands of operations)") from None
+
+
+def _fold(root: ast.expr, visit) -> Any:
+    """visit(node, its operands' results) for every node of an expression, operands first, left to right -
+    without recursion: 1+2+...+n is a tree n deep (nested to the left), past Python's recursion limit once n
+    nears a thousand."""
+    stack: list[tuple[ast.expr, bool]] = [(root, False)]
+    results: list[Any] = []
+    while stack:
+        node, ready = stack.pop()
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+            operands = [node.left, node.right]
+        elif isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            operands = [node.operand]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+            operands = []
+        else:
+            raise CannotAnswer("only numbers and + - * / % ** are understood")
+        if ready or not operands:
+            taken = results[len(results) - len(operands):]
+            del results[len(results) - len(operands):]
+            results.append(visit(node, taken))
+        else:
+            stack.append((node, True))
+            stack.extend((operand, False) for operand in reversed(operands))
+    return results[0]
 
 
 def format_number(value: Fraction) -> str:
@@ -122,17 +150,14 @@ _BINARY = {ast.Add: "add", ast.Sub: "subtract", ast.Mult: "multiply", ast.Div: "
 def evaluate(expression: str) -> Fraction:
     """Exact value of an expression, computed independently of any plan (used to validate)."""
 
-    def walk(node: ast.expr) -> Fraction:
-        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+    def value(node: ast.expr, operands: list[Fraction]) -> Fraction:
+        if isinstance(node, ast.Constant):
             return Fraction(str(node.value))
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-            value = walk(node.operand)
-            return -value if isinstance(node.op, ast.USub) else value
-        if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
-            return _apply(_BINARY[type(node.op)], walk(node.left), walk(node.right))
-        raise CannotAnswer("only numbers and + - * / % ** are understood")
+        if isinstance(node, ast.UnaryOp):
+            return -operands[0] if isinstance(node.op, ast.USub) else operands[0]
+        return _apply(_BINARY[type(node.op)], *operands)
 
-    return walk(_parse(expression))
+    return _fold(_parse(expression), value)
 
 
 # A step's text names one operation on numbers or on earlier results. Each template is both
@@ -161,26 +186,24 @@ def make_plan(question: str) -> list[str]:
     """One step per operation, in the order precedence requires."""
     steps: list[str] = []
 
-    def operand(node: ast.expr) -> str:
-        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+    def operand(node: ast.expr, operands: list[str]) -> str:
+        """How a step names this node's value: a number, or the result of the step that computes it."""
+        if isinstance(node, ast.Constant):
             return format_number(Fraction(str(node.value)))
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.UAdd):
-            return operand(node.operand)
-        if (isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub)
-                and isinstance(node.operand, ast.Constant)):
-            return "-" + operand(node.operand)
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-            steps.append(_TEMPLATES["negate"].format(a=operand(node.operand)))
-        elif isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
-            a, b = operand(node.left), operand(node.right)
-            steps.append(_TEMPLATES[_BINARY[type(node.op)]].format(a=a, b=b))
+            return operands[0]
+        if isinstance(node, ast.UnaryOp) and isinstance(node.operand, ast.Constant):
+            return "-" + operands[0]
+        if isinstance(node, ast.UnaryOp):
+            steps.append(_TEMPLATES["negate"].format(a=operands[0]))
         else:
-            raise CannotAnswer("only numbers and + - * / % ** are understood")
+            a, b = operands
+            steps.append(_TEMPLATES[_BINARY[type(node.op)]].format(a=a, b=b))
         return f"the result of step {len(steps)}"
 
     expression = extract_expression(question)
     evaluate(expression)  # refuse up front what cannot be computed (division by zero, huge powers)
-    operand(_parse(expression))
+    _fold(_parse(expression), operand)
     if not steps:
         raise CannotAnswer("there is no operation to carry out")
     return steps

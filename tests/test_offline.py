@@ -5,7 +5,7 @@ from fractions import Fraction
 
 import pytest
 
-from agent.offline import check_answer, execute_step, make_plan, respond
+from agent.offline import check_answer, evaluate, execute_step, make_plan, respond
 from graphs import prompts
 
 
@@ -64,6 +64,20 @@ def test_agrees_with_python_on_random_integer_expressions():
 def test_honest_about_what_it_cannot_answer(question):
     reply = respond("Plan", prompts.plan_messages(question)[-1][1])
     assert reply["steps"] == [] and reply["reason"]
+
+
+def test_long_expressions_are_solved_and_too_long_ones_refused():
+    """1+2+...+n is a tree n deep: walked recursively, it raised RecursionError from about 1,000 operations on."""
+    expression = "+".join(str(n) for n in range(1, 1501)) + "*2-7"
+    plan = make_plan(f"What is {expression}?")
+    assert len(plan) == 1501 and plan[-3:] == ["Multiply 1500 by 2", "Add the result of step 1498 and the result of "
+                                               "step 1499", "Subtract 7 from the result of step 1500"]
+    results: list[str] = []
+    for step in plan:
+        results.append(execute_step(step, results))
+    assert results[-1] == str(eval(expression)) == str(evaluate(expression))
+    reply = respond("Plan", prompts.plan_messages("What is " + "+".join(["1"] * 5000) + "?")[-1][1])
+    assert reply["steps"] == [] and "too long" in reply["reason"]
 
 
 def test_steps_are_read_from_their_text_so_an_edit_changes_the_result():
