@@ -6,7 +6,6 @@ fails part-way is undone. Overwriting a thread goes through a staging copy, so t
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import uuid
@@ -210,7 +209,7 @@ def migrate(source, target, threads: list[str], exists: Callable[[str], bool], d
     encrypted, as trim's), so that it is written oldest checkpoint first and takes the room it took in the
     source (transfer.Restorer); one thread at a time, so the staging file is one thread's export."""
     from savers.compact import encrypted
-    from savers.transfer import export_records
+    from savers.transfer import export_records, json_line
 
     taken = sorted(t for t in threads if exists(t))
     if taken:
@@ -224,7 +223,7 @@ def migrate(source, target, threads: list[str], exists: Callable[[str], bool], d
             for thread in threads:
                 with path.open("w", encoding="utf-8") as f:
                     for record in export_records(source, [thread]):
-                        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+                        line = json_line(record)
                         f.write(line if sealed is None else _seal_line(sealed, line))
                 _, counted, written, index = _scan(path, sealed)
                 _write(target, path, {thread: thread}, index, sealed, on_checkpoint)
@@ -305,29 +304,25 @@ def trim_thread(saver, thread: str, remove: set[str], workdir: Path, exists: Cal
 
     Through the export format and an overwriting import, so it works on every backend and the thread is
     replaced only once the trimmed copy is whole."""
-    from savers.transfer import export_records
-
     from savers.compact import encrypted
+    from savers.transfer import export_records, json_line
 
     # On an encrypted database the staging copy is encrypted too, line by line: nothing reaches the disk
     # in plaintext.
     sealed = saver.serde if encrypted(getattr(saver, "serde", None)) else None
-    freed, kept = 0, 0
+    freed = 0
+
+    def measure(record: dict) -> None:
+        nonlocal freed
+        freed += len(json_line(record).encode())
+
     path = workdir / f"prune-{uuid.uuid4().hex}.jsonl"
     try:
         with path.open("w", encoding="utf-8") as f:
-            for record in export_records(saver, [thread]):
-                line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
-                if record.get("type") in ("checkpoint", "writes") and record["checkpoint_id"] in remove:
-                    freed += len(line.encode())
-                    continue
-                if dry_run:
-                    continue
-                if record.get("type") == "checkpoint":
-                    kept += 1
-                elif record.get("type") == "end":
-                    line = json.dumps({**record, "checkpoints": kept}) + "\n"
-                f.write(line if sealed is None else _seal_line(sealed, line))
+            for record in export_records(saver, [thread], skip=remove, skipped=measure):
+                if not dry_run:
+                    line = json_line(record)
+                    f.write(line if sealed is None else _seal_line(sealed, line))
         if not dry_run:
             import_file(saver, path, {}, True, exists, delete, sealed)
     finally:

@@ -130,12 +130,38 @@ def hostile_files(good: list[str]) -> dict[str, tuple[list[str], str]]:
         "crafted value": ([header, json.dumps(crafted_full), *rest], "line 2: checkpoint names types that are "
                                                                        "never loaded .*Evil"),
         "unknown record": ([header, first, '{"type": "exec", "code": "rm -rf /"}', *rest], "unknown record type"),
-        "wrong counts": ([header, first, rest[-1]], "the end record counts"),
+        "wrong counts": ([header, first, *rest[:-1], json.dumps({**json.loads(rest[-1]), "checkpoints": 99})],
+                         "the end record counts"),
+        **delta_cases(good),
+    }
+
+
+def delta_cases(good: list[str]) -> dict[str, tuple[list[str], str]]:
+    """Files whose checkpoints written as changes to their parents (version 2) do not add up."""
+    records = [json.loads(line) for line in good]
+    at = {r.get("checkpoint_id"): i for i, r in enumerate(records) if r.get("type") == "checkpoint"}
+    first = next(i for i, r in enumerate(records) if r.get("delta"))
+    base = at[records[first]["parent_checkpoint_id"]]
+    # a checkpoint that extends a list and keeps the question (a string) from its parent: it claims to extend that
+    grows = next(i for i, r in enumerate(records) if r.get("delta", {}).get("extends") and "question" in r["delta"]["same"])
+    bad = json.loads(good[grows])
+    bad["delta"]["same"].remove("question")
+    bad["delta"]["extends"]["question"] = bad["delta"]["extends"][next(iter(bad["delta"]["extends"]))]
+    appending = next(i for i, r in enumerate(records) if r.get("extends"))  # writes that append to a list
+    moved = [*good[:appending], *good[appending + 1:appending + 2], good[appending], *good[appending + 2:]]
+    return {
+        "base missing": ([*good[:base], *good[base + 1:]], f"line {first + 1}: the checkpoint is written as changes "
+                                                           "to checkpoint .* which does not come next"),
+        "appends to a string": ([*good[:grows], json.dumps(bad), *good[grows + 1:]],
+                                f"'question' of checkpoint .* is not a list, and line {grows + 1} appends to it"),
+        "writes out of place": (moved, f"line {appending + 2}: the writes append to their checkpoint's lists, but "
+                                       "do not follow it"),
     }
 
 
 @pytest.mark.parametrize("case", ["bad json", "pickle", "not base64", "cut short", "other format", "crafted type",
-                                  "crafted value", "malformed", "unknown record", "wrong counts"])
+                                  "crafted value", "malformed", "unknown record", "wrong counts", "base missing",
+                                  "appends to a string", "writes out of place"])
 def test_a_corrupted_or_hostile_file_changes_nothing(db_url, tmp_path, case):
     with Agent(db=db_url) as agent:
         seed(agent)
@@ -151,6 +177,38 @@ def test_a_corrupted_or_hostile_file_changes_nothing(db_url, tmp_path, case):
             agent.import_file(path)
         assert Evil.built == 0
         assert [(t.thread_id, t.checkpoints) for t in agent.threads()] == before
+
+
+def test_a_version_1_export_still_imports(db_url, tmp_path):
+    """tests/data/export-v1.jsonl: seed()'s thread t2 as the agent exported it before version 2 (every
+    checkpoint whole)."""
+    from pathlib import Path
+
+    v1 = Path(__file__).parent / "data" / "export-v1.jsonl"
+    with Agent(db=db_url) as agent, Agent(db=f"sqlite:///{tmp_path / 'again.db'}") as again:
+        agent.import_file(v1)
+        assert agent.result("t2").question == "What is 6*8?" and agent.result("t2").status == "interrupted"
+        move(agent, again, tmp_path / "v2.jsonl")
+        assert json.loads((tmp_path / "v2.jsonl").read_text().splitlines()[0])["version"] == 2
+        assert record(again, "t2") == record(agent, "t2")
+        assert agent.resume("t2").answer == "48"
+
+
+def test_an_export_grows_linearly_with_a_thread(tmp_path):
+    """Version 1 wrote every checkpoint whole: a thread of N steps took N^2 room (1,000 steps of bench/savers.py's
+    graph: 64.7 MB). Each checkpoint now holds what changed since its parent, writes what they add."""
+    sizes = {}
+    with Agent(db=f"sqlite:///{tmp_path / 'a.db'}") as agent:
+        for steps in (19, 199):
+            thread = f"t{steps}"
+            agent.reason("What is " + "+".join(str(n) for n in range(2, steps + 3)) + "?", thread=thread)
+            buffer = io.StringIO()
+            agent.export(buffer, [thread])
+            sizes[steps] = len(buffer.getvalue()) / len(agent.history(thread))
+        assert sizes[199] < sizes[19] * 1.3, sizes  # whole checkpoints: 6.5x
+        (tmp_path / "t199.jsonl").write_text(buffer.getvalue())
+        agent.import_file(tmp_path / "t199.jsonl", renames={"t199": "copy"})
+        assert [row[2:] for row in record(agent, "copy")] == [row[2:] for row in record(agent, "t199")]
 
 
 def test_an_over_long_line_is_refused_before_it_is_read_whole(tmp_path, monkeypatch):
