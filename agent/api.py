@@ -19,7 +19,7 @@ from agent.errors import (
     BadInput, CheckpointNotFound, ModelError, QuestionMismatch, StorageError, ThreadBusy, ThreadExists, ThreadNotFound,
 )
 from agent.history import (
-    CheckpointInfo, Diff, HistoryPage, Page, ThreadInfo, build_history, checkpoint_info, diff_values, history_page,
+    CheckpointInfo, Diff, HistoryPage, Page, PageRows, RangeRead, ThreadInfo, checkpoint_info, diff_values, history_page,
     parse_assignment, set_path, shortest_unique,
 )
 from agent.lifecycle import (
@@ -387,23 +387,10 @@ class _Core:
             before = self.pick(thread, prefix, sorted(cid for cid in links if cid.startswith(prefix)))
         return history_page(links, limit, before)
 
-    def page_read(self, thread: str, page: Page) -> dict[str, Any]:
-        """get_state_history's arguments that read a page's id range in one list()."""
+    def page_read(self, thread: str, page: Page) -> RangeRead:
+        """How to read a page's id range: a few list() calls, each of a piece of it."""
         upper = self.config(thread, page.read_before) if page.read_before else None
-        return {"config": self.config(thread), "before": upper, "limit": page.read_limit}
-
-    @staticmethod
-    def unread(page: Page, snapshots: list) -> list[str]:
-        """Checkpoints the page needs that its range read did not bring: parents listed earlier, and any
-        written meanwhile into the range by a process whose clock lags. One read each; few or none."""
-        read = {_checkpoint_id(s) for s in snapshots}
-        return [cid for cid in (*page.ids, *page.parents) if cid not in read]
-
-    @staticmethod
-    def history_rows(page: Page, links: dict[str, str | None], snapshots: list) -> HistoryPage:
-        found = [s for s in snapshots if s.created_at is not None]  # one deleted since the links were read
-        # The head is LangGraph's: the newest checkpoint id, the one a run continues from.
-        return HistoryPage(build_history(found, max(links), page.ids), page.next_before)
+        return RangeRead(self.config(thread), upper, page.read_limit)
 
     def thread_info(self, row, snapshot, running: bool = False) -> ThreadInfo:
         result = self.result(row.thread_id, snapshot, running=running)
@@ -617,9 +604,17 @@ class Agent(_Base):
         page = self._core.history_page(thread, links, limit, before)
         if not page.ids:
             return HistoryPage()
-        snapshots = list(self._core.reader().get_state_history(**self._core.page_read(thread, page)))
-        snapshots += [self._snapshot(thread, cid) for cid in self._core.unread(page, snapshots)]
-        return self._core.history_rows(page, links, snapshots)
+        rows, read = PageRows(page, links), self._core.page_read(thread, page)
+        while True:
+            piece = list(self._core.reader().get_state_history(**read.args()))
+            for snapshot in piece:
+                rows.add(snapshot)
+            if not read.advance(piece):
+                break
+        while missing := rows.missing():
+            for cid in missing:
+                rows.add(self._snapshot(thread, cid))
+        return HistoryPage(rows.finish(), page.next_before)
 
     def state(self, thread: str, checkpoint: str | None = None) -> StateView:
         """The full state at a checkpoint (default: the head) and what runs next."""
@@ -885,9 +880,17 @@ class AsyncAgent(_Base):
         page = self._core.history_page(thread, links, limit, before)
         if not page.ids:
             return HistoryPage()
-        snapshots = [s async for s in self._core.reader().aget_state_history(**self._core.page_read(thread, page))]
-        snapshots += [await self._snapshot(thread, cid) for cid in self._core.unread(page, snapshots)]
-        return self._core.history_rows(page, links, snapshots)
+        rows, read = PageRows(page, links), self._core.page_read(thread, page)
+        while True:
+            piece = [s async for s in self._core.reader().aget_state_history(**read.args())]
+            for snapshot in piece:
+                rows.add(snapshot)
+            if not read.advance(piece):
+                break
+        while missing := rows.missing():
+            for cid in missing:
+                rows.add(await self._snapshot(thread, cid))
+        return HistoryPage(rows.finish(), page.next_before)
 
     async def state(self, thread: str, checkpoint: str | None = None) -> StateView:
         snapshot = await self._at(thread, checkpoint)

@@ -309,6 +309,89 @@ def history_page(links: dict[str, str | None], limit: int | None = None, before:
     return Page(ids, ids[0] if start > 0 else None, parents, _after(ordered, high), high - low)
 
 
+# Checkpoints `history` reads at once: each comes with the thread's whole state, so a page of a long thread is
+# read a piece at a time (PageRows keeps only the snapshots a row still needs).
+READ_PIECE = 50
+
+
+@dataclass
+class RangeRead:
+    """A page's id range, read a piece at a time: get_state_history's arguments for the next piece."""
+
+    config: dict
+    before: dict | None
+    left: int
+
+    def args(self) -> dict:
+        return {"config": self.config, "before": self.before, "limit": min(self.left, READ_PIECE)}
+
+    def advance(self, piece: list) -> bool:
+        """After reading `piece`: whether any of the range is left to read."""
+        self.left -= len(piece)
+        if len(piece) < READ_PIECE or self.left <= 0:
+            return False
+        self.before = piece[-1].config
+        return True
+
+
+class PageRows:
+    """A history page's rows, built from snapshots that come in any order and in pieces. A snapshot is kept
+    only while a row of the page still needs it as the parent its summary compares with: read whole, a page of
+    2,000 checkpoints of one thread took 811 MB, every snapshot holding the whole state."""
+
+    def __init__(self, page: Page, links: dict[str, str | None]) -> None:
+        self.ids, self.links, self.head = page.ids, links, max(links)
+        self.children: dict[str, set[str]] = {}  # parent -> its children on the page without a row yet
+        for cid in page.ids:
+            self.children.setdefault(links.get(cid) or "", set()).add(cid)
+        self.kept: dict[str, Any] = {}  # snapshots that rows to come compare with
+        self.waiting: dict[str, Any] = {}  # snapshots of the page whose parent has not come yet
+        self.rows: dict[str, CheckpointInfo] = {}
+        self.seen: set[str] = set()
+
+    def add(self, snapshot) -> None:
+        cid = snapshot.config["configurable"]["checkpoint_id"]
+        if cid in self.seen:
+            return
+        self.seen.add(cid)
+        if snapshot.created_at is None:  # deleted since the links were read
+            return
+        if cid in self.ids:
+            parent = _parent_of(snapshot)
+            if parent in self.links and parent not in self.kept:
+                self.waiting[cid] = snapshot
+            else:  # read already, or none (the first checkpoint; pruned: "the oldest kept")
+                self._row(snapshot, parent)
+        for child in [c for c in self.children.get(cid, ()) if c in self.waiting]:
+            self._row(self.waiting.pop(child), cid, snapshot)
+        if self.children.get(cid):
+            self.kept[cid] = snapshot
+
+    def _row(self, snapshot, parent_id: str | None, parent=None) -> None:
+        cid = snapshot.config["configurable"]["checkpoint_id"]
+        parent = self.kept.get(parent_id, parent) if parent_id else None
+        self.rows[cid] = checkpoint_info(snapshot, parent, self.head)
+        if (siblings := self.children.get(parent_id or "")) is not None:
+            siblings.discard(cid)
+            if not siblings:
+                self.kept.pop(parent_id or "", None)
+
+    def missing(self) -> list[str]:
+        """Checkpoints not read yet that the page needs: its own, and the parents of its rows (listed
+        earlier than its range, or written into it meanwhile by a process whose clock lags). Few or none."""
+        wanted = [*self.ids, *(_parent_of(s) for s in self.waiting.values())]
+        return sorted({cid for cid in wanted if cid not in self.seen and cid in self.links})
+
+    def finish(self) -> list[CheckpointInfo]:
+        for snapshot in list(self.waiting.values()):  # the parent is gone: deleted since the links were read
+            self._row(snapshot, None)
+        return [self.rows[cid] for cid in self.ids if cid in self.rows]
+
+
+def _parent_of(snapshot) -> str | None:
+    return (snapshot.parent_config or {}).get("configurable", {}).get("checkpoint_id")
+
+
 def _after(ordered: list[str], high: int) -> str | None:
     """The id just above the range read: the next stored one, or for the newest one the next possible uuid,
     so checkpoints written since the links were read stay out of the range."""

@@ -212,7 +212,33 @@ def statements(agent: Agent):
         yield sent
 
 
-def test_history_costs_the_same_queries_for_10_and_1000_checkpoints(db_url):
+def test_history_of_a_long_thread_holds_a_piece_of_it_in_memory(tmp_path):
+    """Read in one list(), the snapshots of a whole thread were all in memory at once, each with the whole
+    state (2,000 steps of the offline model: 811 MB); now a piece of them, and the rows."""
+    import tracemalloc
+
+    from agent.history import READ_PIECE
+
+    url = f"sqlite:///{tmp_path / 'long.db'}"
+    grow(url, "large", 1000)
+    with Agent(db=url) as agent:
+        agent.history("large", limit=READ_PIECE)
+        peaks = {}
+        for limit in (READ_PIECE, None):
+            tracemalloc.start()
+            try:
+                rows = agent.history("large", limit=limit)
+                peaks[limit] = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+        assert len(rows) == 1000 and peaks[None] < 3 * peaks[READ_PIECE], peaks  # read at once: 10.7x
+
+
+def test_history_costs_a_few_queries_per_piece_of_checkpoints_not_one_per_checkpoint(db_url):
+    """history reads a thread READ_PIECE checkpoints at a time (each holds the whole state; all at once, a long
+    thread took memory in the square of its length): the statements of one page of that size, per piece."""
+    from agent.history import READ_PIECE
+
     grow(db_url, "small", 10)
     grow(db_url, "large", 1000)
     with Agent(db=db_url) as agent:
@@ -223,12 +249,16 @@ def test_history_costs_the_same_queries_for_10_and_1000_checkpoints(db_url):
             counts[thread] = len(sent)
             assert len(rows) >= {"small": 10, "large": 1000}[thread]
         assert rows[-1].summary == "step 992 → result 992" and sum(r.head for r in rows) == 1
-        assert counts["large"] == counts["small"] > 0, counts
+        with statements(agent) as sent:
+            assert agent.history("large", limit=READ_PIECE) == rows[-READ_PIECE:]
+        pieces = -(-len(rows) // READ_PIECE)
+        assert 0 < counts["small"] <= len(sent) and counts["large"] <= len(sent) * pieces < len(rows) / 2, (
+            counts, len(sent))
         pages = {}
         for limit in (10, 200):
             with statements(agent) as sent:
                 assert agent.history("large", limit=limit, before=rows[500].checkpoint_id) == rows[500 - limit:500]
             pages[limit] = len(sent)
         # A page costs what its place in the thread costs (SQLite follows the delta chains of values stored
-        # before it, one level a statement), not one more per row.
-        assert pages[200] <= pages[10] + 3, pages
+        # before it, one level a statement) per piece it is read in, not one more per row.
+        assert pages[200] <= pages[10] * -(-200 // READ_PIECE), pages
