@@ -286,7 +286,6 @@ class Page:
 
     ids: list[str]  # in history order
     next_before: str | None  # pass as `before` for the page of checkpoints listed before these; None: no more
-    parents: list[str]  # parents of checkpoints on the page that are not on it (each row's summary needs them)
     read_before: str | None  # the page's id range, as the saver's list() takes it: ids below read_before...
     read_limit: int  # ...the read_limit highest of them
 
@@ -300,13 +299,11 @@ def history_page(links: dict[str, str | None], limit: int | None = None, before:
     end = order.index(before) if before is not None else len(order)
     start = 0 if limit is None else max(0, end - limit)
     ids = order[start:end]
-    shown = set(ids)
-    parents = sorted({p for cid in ids if (p := links[cid]) in links and p not in shown})
     if not ids:
-        return Page(ids, None, parents, None, 0)
+        return Page(ids, None, None, 0)
     ordered = sorted(links)
     low, high = bisect.bisect_left(ordered, min(ids)), bisect.bisect_right(ordered, max(ids))
-    return Page(ids, ids[0] if start > 0 else None, parents, _after(ordered, high), high - low)
+    return Page(ids, ids[0] if start > 0 else None, _after(ordered, high), high - low)
 
 
 # Checkpoints `history` reads at once: each comes with the thread's whole state, so a page of a long thread is
@@ -341,6 +338,7 @@ class PageRows:
 
     def __init__(self, page: Page, links: dict[str, str | None]) -> None:
         self.ids, self.links, self.head = page.ids, links, max(links)
+        self.shown = set(page.ids)
         self.children: dict[str, set[str]] = {}  # parent -> its children on the page without a row yet
         for cid in page.ids:
             self.children.setdefault(links.get(cid) or "", set()).add(cid)
@@ -356,7 +354,7 @@ class PageRows:
         self.seen.add(cid)
         if snapshot.created_at is None:  # deleted since the links were read
             return
-        if cid in self.ids:
+        if cid in self.shown:
             parent = _parent_of(snapshot)
             if parent in self.links and parent not in self.kept:
                 self.waiting[cid] = snapshot
