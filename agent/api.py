@@ -6,6 +6,7 @@ Every CLI command calls these; results are typed objects, never bare dicts.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import threading
 from pathlib import Path
@@ -19,7 +20,7 @@ from agent.errors import (
     BadInput, CheckpointNotFound, ModelError, QuestionMismatch, StorageError, ThreadBusy, ThreadExists, ThreadNotFound,
 )
 from agent.history import (
-    CheckpointInfo, Diff, HistoryPage, Page, PageRows, RangeRead, ThreadInfo, checkpoint_info, diff_values, history_page,
+    CheckpointInfo, Diff, HistoryPage, Page, PageRows, ThreadInfo, checkpoint_info, diff_values, history_page,
     parse_assignment, set_path, shortest_unique,
 )
 from agent.lifecycle import (
@@ -387,11 +388,6 @@ class _Core:
             before = self.pick(thread, prefix, sorted(cid for cid in links if cid.startswith(prefix)))
         return history_page(links, limit, before)
 
-    def page_read(self, thread: str, page: Page) -> RangeRead:
-        """How to read a page's id range: a few list() calls, each of a piece of it."""
-        upper = self.config(thread, page.read_before) if page.read_before else None
-        return RangeRead(self.config(thread), upper, page.read_limit)
-
     def thread_info(self, row, snapshot, running: bool = False) -> ThreadInfo:
         result = self.result(row.thread_id, snapshot, running=running)
         return ThreadInfo(
@@ -604,16 +600,9 @@ class Agent(_Base):
         page = self._core.history_page(thread, links, limit, before)
         if not page.ids:
             return HistoryPage()
-        rows, read = PageRows(page, links), self._core.page_read(thread, page)
-        while True:
-            piece = list(self._core.reader().get_state_history(**read.args()))
-            for snapshot in piece:
-                rows.add(snapshot)
-            if not read.advance(piece):
-                break
-        while missing := rows.missing():
-            for cid in missing:
-                rows.add(self._snapshot(thread, cid))
+        rows = PageRows(page, links, functools.partial(self._core.config, thread))
+        while (read := rows.next_read()) is not None:
+            rows.add(*self._core.reader().get_state_history(**read))
         return HistoryPage(rows.finish(), page.next_before)
 
     def state(self, thread: str, checkpoint: str | None = None) -> StateView:
@@ -880,16 +869,9 @@ class AsyncAgent(_Base):
         page = self._core.history_page(thread, links, limit, before)
         if not page.ids:
             return HistoryPage()
-        rows, read = PageRows(page, links), self._core.page_read(thread, page)
-        while True:
-            piece = [s async for s in self._core.reader().aget_state_history(**read.args())]
-            for snapshot in piece:
-                rows.add(snapshot)
-            if not read.advance(piece):
-                break
-        while missing := rows.missing():
-            for cid in missing:
-                rows.add(await self._snapshot(thread, cid))
+        rows = PageRows(page, links, functools.partial(self._core.config, thread))
+        while (read := rows.next_read()) is not None:
+            rows.add(*[s async for s in self._core.reader().aget_state_history(**read)])
         return HistoryPage(rows.finish(), page.next_before)
 
     async def state(self, thread: str, checkpoint: str | None = None) -> StateView:

@@ -11,7 +11,7 @@ import json
 import uuid
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from agent.errors import BadInput
 
@@ -311,33 +311,14 @@ def history_page(links: dict[str, str | None], limit: int | None = None, before:
 READ_PIECE = 50
 
 
-@dataclass
-class RangeRead:
-    """A page's id range, read a piece at a time: get_state_history's arguments for the next piece."""
-
-    config: dict
-    before: dict | None
-    left: int
-
-    def args(self) -> dict:
-        return {"config": self.config, "before": self.before, "limit": min(self.left, READ_PIECE)}
-
-    def advance(self, piece: list) -> bool:
-        """After reading `piece`: whether any of the range is left to read."""
-        self.left -= len(piece)
-        if len(piece) < READ_PIECE or self.left <= 0:
-            return False
-        self.before = piece[-1].config
-        return True
-
-
 class PageRows:
-    """A history page's rows, built from snapshots that come in any order and in pieces. A snapshot is kept
-    only while a row of the page still needs it as the parent its summary compares with: read whole, a page of
-    2,000 checkpoints of one thread took 811 MB, every snapshot holding the whole state."""
+    """A history page's rows, read from the saver a piece at a time: `next_read` says what to read next
+    (get_state_history's arguments), `add` takes what came. A snapshot is kept only while a row of the page
+    still needs it as the parent its summary compares with: read whole, a page of 2,000 checkpoints of one
+    thread took 811 MB, every snapshot holding the whole state."""
 
-    def __init__(self, page: Page, links: dict[str, str | None]) -> None:
-        self.ids, self.links, self.head = page.ids, links, max(links)
+    def __init__(self, page: Page, links: dict[str, str | None], config: Callable[[str | None], dict]) -> None:
+        self.ids, self.links, self.head, self.config = page.ids, links, max(links), config
         self.shown = set(page.ids)
         self.children: dict[str, set[str]] = {}  # parent -> its children on the page without a row yet
         for cid in page.ids:
@@ -346,14 +327,33 @@ class PageRows:
         self.waiting: dict[str, Any] = {}  # snapshots of the page whose parent has not come yet
         self.rows: dict[str, CheckpointInfo] = {}
         self.seen: set[str] = set()
+        # the page's id range, as the saver's list() takes it: the `left` highest ids below `before`
+        self.before, self.left = (config(page.read_before) if page.read_before else None), page.read_limit
 
-    def add(self, snapshot) -> None:
+    def next_read(self) -> dict | None:
+        """The page's id range, a piece at a time; then one by one the checkpoints it did not bring: parents
+        listed earlier than the page, or any written into its range meanwhile by a process whose clock lags
+        (few or none); None when nothing is left to read."""
+        if self.left > 0:
+            return {"config": self.config(None), "before": self.before, "limit": min(self.left, READ_PIECE)}
+        wanted = [*self.ids, *(_parent_of(s) for s in self.waiting.values())]
+        for cid in sorted({cid for cid in wanted if cid not in self.seen and cid in self.links}):
+            self.seen.add(cid)  # asked once: one deleted since the links were read comes back as nothing
+            return {"config": self.config(cid), "limit": 1}
+        return None
+
+    def add(self, *snapshots) -> None:
+        if self.left > 0:  # a piece of the range
+            self.left = self.left - len(snapshots) if len(snapshots) == min(self.left, READ_PIECE) else 0
+            self.before = snapshots[-1].config if snapshots else None
+        for snapshot in snapshots:
+            self._add(snapshot)
+
+    def _add(self, snapshot) -> None:
         cid = snapshot.config["configurable"]["checkpoint_id"]
-        if cid in self.seen:
+        if cid in self.rows or cid in self.kept or cid in self.waiting:
             return
         self.seen.add(cid)
-        if snapshot.created_at is None:  # deleted since the links were read
-            return
         if cid in self.shown:
             parent = _parent_of(snapshot)
             if parent in self.links and parent not in self.kept:
@@ -373,12 +373,6 @@ class PageRows:
             siblings.discard(cid)
             if not siblings:
                 self.kept.pop(parent_id or "", None)
-
-    def missing(self) -> list[str]:
-        """Checkpoints not read yet that the page needs: its own, and the parents of its rows (listed
-        earlier than its range, or written into it meanwhile by a process whose clock lags). Few or none."""
-        wanted = [*self.ids, *(_parent_of(s) for s in self.waiting.values())]
-        return sorted({cid for cid in wanted if cid not in self.seen and cid in self.links})
 
     def finish(self) -> list[CheckpointInfo]:
         for snapshot in list(self.waiting.values()):  # the parent is gone: deleted since the links were read
