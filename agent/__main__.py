@@ -728,7 +728,7 @@ def prune(
         out.print(f"{verb} {report.checkpoints} checkpoints from {len(report.removed)} threads "
                   f"(about {report.bytes_freed / 1024:.0f} KiB of checkpoint data).", markup=False)
         if report.file_bytes_before is not None and not dry_run:
-            out.print(f"Database file: {report.file_bytes_before / 1024:.0f} KiB -> "
+            out.print(f"Database file and WAL: {report.file_bytes_before / 1024:.0f} KiB -> "
                       f"{report.file_bytes_after / 1024:.0f} KiB.", markup=False)
 
     _read(db, debug, body)

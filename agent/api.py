@@ -754,16 +754,15 @@ class Agent(_Base):
 
     def prune(self, policy: RetentionPolicy, *, thread: str | None = None, dry_run: bool = False) -> PruneReport:
         """Apply a retention policy to one thread or all; `dry_run` only says what would go."""
-        import os
         import tempfile
 
-        from savers.catalog import database_file, list_threads, reclaim_space
+        from savers.catalog import database_file, file_bytes, list_threads, reclaim_space
 
         names = [_clean_thread(thread)] if thread else [r.thread_id for r in list_threads(self._core.saver)]
         if thread:
             self._core.existing(names[0], self._snapshot(names[0]))
         path = database_file(self._core.saver)
-        before = os.path.getsize(path) if path else None
+        before = file_bytes(path)
         removed, freed = {}, 0
         with tempfile.TemporaryDirectory(prefix="agent-prune-") as workdir:
             for name in names:
@@ -773,8 +772,7 @@ class Agent(_Base):
                     removed[name], freed = count, freed + size
         if removed and not dry_run:
             reclaim_space(self._core.saver)
-        return PruneReport(dry_run, removed, sum(removed.values()), freed, before,
-                           os.path.getsize(path) if path else None)
+        return PruneReport(dry_run, removed, sum(removed.values()), freed, before, file_bytes(path))
 
     def _retain(self, thread: str) -> None:
         """The retention policy from config, applied to a thread after a run on it (lock still held)."""
@@ -1020,16 +1018,15 @@ class AsyncAgent(_Base):
 
     async def prune(self, policy: RetentionPolicy, *, thread: str | None = None,
                     dry_run: bool = False) -> PruneReport:
-        import os
         import tempfile
 
-        from savers.catalog import adatabase_file, areclaim_space
+        from savers.catalog import adatabase_file, areclaim_space, file_bytes
 
         names = [_clean_thread(thread)] if thread else await self._known()
         if thread:
             self._core.existing(names[0], await self._snapshot(names[0]))
         path = await adatabase_file(self._core.saver)
-        before = os.path.getsize(path) if path else None
+        before = file_bytes(path)
         removed, freed = {}, 0
         with tempfile.TemporaryDirectory(prefix="agent-prune-") as workdir:
             for name in names:
@@ -1039,8 +1036,7 @@ class AsyncAgent(_Base):
                     removed[name], freed = count, freed + size
         if removed and not dry_run:
             await areclaim_space(self._core.saver)
-        return PruneReport(dry_run, removed, sum(removed.values()), freed, before,
-                           os.path.getsize(path) if path else None)
+        return PruneReport(dry_run, removed, sum(removed.values()), freed, before, file_bytes(path))
 
     async def export(self, out, threads: list[str] | None = None) -> TransferReport:
         known = await self._known()

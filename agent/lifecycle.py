@@ -290,7 +290,7 @@ class PruneReport:
     removed: dict[str, int] = field(default_factory=dict)  # thread -> checkpoints removed (or that would be)
     checkpoints: int = 0
     bytes_freed: int = 0  # their size in the export format; the database file shrinks by about as much
-    file_bytes_before: int | None = None  # SQLite only
+    file_bytes_before: int | None = None  # SQLite only: the file and its WAL (savers.catalog.file_bytes)
     file_bytes_after: int | None = None
 
     def to_dict(self) -> dict[str, Any]:

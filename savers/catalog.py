@@ -5,6 +5,7 @@ query each."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -169,6 +170,15 @@ async def acheckpoint_links(saver, thread: str) -> dict[str, str | None]:
     async with saver.lock:
         async with saver.conn.execute(_LINKS.format(p="?"), (thread,)) as cur:
             return _links(await cur.fetchall())
+
+
+def file_bytes(path: str | None) -> int | None:
+    """Bytes a SQLite database takes on disk: its file and its WAL, where commits wait until they are copied
+    back (savers.sqlite.WAL_AUTOCHECKPOINT_PAGES: up to ~16 MB)."""
+    if path is None:
+        return None
+    wal = Path(f"{path}-wal")
+    return Path(path).stat().st_size + (wal.stat().st_size if wal.exists() else 0)
 
 
 def database_file(saver) -> str | None:
