@@ -165,8 +165,7 @@ def bench_time(pg: Postgres | None, rounds: int, threads: int, steps: int, workd
     over rounds of its ratio to InMemorySaver in the same round). Savers take turns in a shuffled order within
     each round, so load from elsewhere on the machine hits them alike; the ratio within a round is the robust
     number, and the ratio over all rounds the one that counts work done in bursts (SQLite copies its WAL back
-    every few thousand steps: a round with such a copy takes a third longer, and a median of rounds leaves
-    it out)."""
+    every few hundred steps: a round with such a copy takes longer, and a median of rounds leaves it out)."""
     with ExitStack() as stack:
         found = sync_savers(stack, pg, workdir)
         graphs = {name: compiled(saver, steps) for name, saver in found.items()}
