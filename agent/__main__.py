@@ -611,17 +611,21 @@ def export_command(
     db: Db = None,
     debug: Debug = False,
 ) -> None:
-    """Export threads as versioned JSON Lines (checkpoints, metadata, pending writes), streamed.
+    """Export threads as versioned JSON Lines (checkpoints, metadata, pending writes), streamed, with a progress bar.
 
     The file is written whole or not at all; `import` loads it into any database. It is plaintext, also
     when the database is encrypted.
     """
 
     def body(agent) -> None:
+        from rich.progress import Progress
+
         from agent.lifecycle import output_file
 
-        with output_file(output, sys.stdout) as out:
-            report = agent.export(out, threads_)
+        total = sum(t.checkpoints for t in agent.threads() if not threads_ or t.thread_id in threads_)
+        with output_file(output, sys.stdout) as out, Progress(console=_console(stderr=True)) as bar:
+            task = bar.add_task("export", total=total)
+            report = agent.export(out, threads_, lambda: bar.advance(task))
         if agent.encrypted:
             _console(stderr=True).print("note: the database is encrypted, the export is not: keep the file as safe "
                                         "as the key", markup=False)
@@ -642,14 +646,22 @@ def import_command(
     as_json: Json = False,
     debug: Debug = False,
 ) -> None:
-    """Load an export file: checked whole before anything is written; all or nothing."""
+    """Load an export file: checked whole before anything is written; all or nothing. A progress bar shows the
+    writing."""
 
     def body() -> int:
+        from rich.progress import Progress
+
         from agent.lifecycle import parse_renames
 
         renames = parse_renames(rename or [])
-        with _open_agent({"db": db}) as agent:
-            report = agent.import_file(file, renames=renames, overwrite=overwrite)
+        with _open_agent({"db": db}) as agent, Progress(console=_console(stderr=True), disable=as_json) as bar:
+            task = bar.add_task("import", total=None)  # known once the file is checked
+
+            def written(total: int) -> None:
+                bar.update(task, total=total, advance=1)
+
+            report = agent.import_file(file, renames=renames, overwrite=overwrite, on_checkpoint=written)
         if as_json:
             _print_json(report.to_dict())
         else:

@@ -730,16 +730,21 @@ class Agent(_Base):
             self._core.existing(thread, self._snapshot(thread))
             self._erase(thread)
 
-    def export(self, out, threads: list[str] | None = None) -> TransferReport:
-        """Write threads (default: all) to `out` in the versioned JSON Lines export format, streamed."""
+    def export(self, out, threads: list[str] | None = None,
+               on_checkpoint: Callable[[], None] = lambda: None) -> TransferReport:
+        """Write threads (default: all) to `out` in the versioned JSON Lines export format, streamed;
+        `on_checkpoint` is called as each checkpoint is written."""
         from savers.catalog import list_threads
 
         known = [row.thread_id for row in list_threads(self._core.saver)]
-        return export_threads(self._core.saver, threads or known, out, set(known))
+        return export_threads(self._core.saver, threads or known, out, set(known), on_checkpoint)
 
-    def import_file(self, path, *, renames: dict[str, str] | None = None, overwrite: bool = False) -> TransferReport:
-        """Load an export file; all or nothing. Existing thread ids are an error unless renamed or `overwrite`."""
-        return import_file(self._core.saver, Path(path), renames or {}, overwrite, self._exists, self._erase)
+    def import_file(self, path, *, renames: dict[str, str] | None = None, overwrite: bool = False,
+                    on_checkpoint: Callable[[int], None] = lambda total: None) -> TransferReport:
+        """Load an export file; all or nothing. Existing thread ids are an error unless renamed or `overwrite`.
+        `on_checkpoint(total)` is called as each checkpoint is written, once the whole file is checked."""
+        return import_file(self._core.saver, Path(path), renames or {}, overwrite, self._exists, self._erase,
+                           on_checkpoint=on_checkpoint)
 
     def _trim(self, name: str, policy: RetentionPolicy, workdir: Path, dry_run: bool) -> tuple[int, int]:
         """(checkpoints, bytes) the policy removes from one thread; the caller holds the thread's lock."""
@@ -1038,14 +1043,17 @@ class AsyncAgent(_Base):
             await areclaim_space(self._core.saver)
         return PruneReport(dry_run, removed, sum(removed.values()), freed, before, file_bytes(path))
 
-    async def export(self, out, threads: list[str] | None = None) -> TransferReport:
+    async def export(self, out, threads: list[str] | None = None,
+                     on_checkpoint: Callable[[], None] = lambda: None) -> TransferReport:
         known = await self._known()
-        return await asyncio.to_thread(export_threads, self._core.saver, threads or known, out, set(known))
+        return await asyncio.to_thread(export_threads, self._core.saver, threads or known, out, set(known),
+                                       on_checkpoint)
 
-    async def import_file(self, path, *, renames: dict[str, str] | None = None,
-                          overwrite: bool = False) -> TransferReport:
+    async def import_file(self, path, *, renames: dict[str, str] | None = None, overwrite: bool = False,
+                          on_checkpoint: Callable[[int], None] = lambda total: None) -> TransferReport:
         return await asyncio.to_thread(import_file, self._core.saver, Path(path), renames or {}, overwrite,
-                                       self._blocking(self._exists), self._blocking(self._erase))
+                                       self._blocking(self._exists), self._blocking(self._erase),
+                                       on_checkpoint=on_checkpoint)
 
     async def migrate_to(self, target: AsyncAgent, threads: list[str] | None = None,
                          on_checkpoint: Callable[[], None] = lambda: None) -> TransferReport:

@@ -71,13 +71,22 @@ def output_file(path: Path | None, stdout: IO[str]) -> Iterator[IO[str]]:
         raise
 
 
-def export_threads(saver, threads: list[str], out: IO[str], known: set[str]) -> TransferReport:
+def export_threads(saver, threads: list[str], out: IO[str], known: set[str],
+                   on_checkpoint: Callable[[], None] = lambda: None) -> TransferReport:
+    """`on_checkpoint` is called as each checkpoint is written (a progress bar)."""
     from savers.transfer import export_records, write_export
 
     missing = [t for t in threads if t not in known]
     if missing:
         raise ThreadNotFound(f"no thread {', '.join(repr(t) for t in missing)} in this database (see `threads`)")
-    end = write_export(export_records(saver, threads), out)
+
+    def counted(records: Iterator[dict]) -> Iterator[dict]:
+        for record in records:
+            yield record
+            if record.get("type") == "checkpoint":
+                on_checkpoint()
+
+    end = write_export(counted(export_records(saver, threads)), out)
     return TransferReport(threads=end["threads"], checkpoints=end["checkpoints"], writes=end["writes"])
 
 
@@ -171,8 +180,11 @@ def _write(saver, path: Path, names: dict[str, str], index: Index, sealed=None,
 
 
 def import_file(saver, path: Path, renames: dict[str, str], overwrite: bool,
-                exists: Callable[[str], bool], delete: Callable[[str], None], sealed=None) -> TransferReport:
-    """`sealed`: the serde that sealed each line (a staging file of prune on an encrypted database)."""
+                exists: Callable[[str], bool], delete: Callable[[str], None], sealed=None,
+                on_checkpoint: Callable[[int], None] = lambda total: None) -> TransferReport:
+    """`sealed`: the serde that sealed each line (a staging file of prune on an encrypted database).
+    `on_checkpoint(total)` is called as each checkpoint is written, once the file is checked (a progress bar:
+    `total` is how many it holds)."""
     threads, checkpoints, writes, index = _scan(path, sealed)
     unknown = sorted(set(renames) - threads)
     if unknown:
@@ -187,7 +199,7 @@ def import_file(saver, path: Path, renames: dict[str, str], overwrite: bool,
     staging = {t: (f"{target}~import-{uuid.uuid4().hex[:8]}" if target in taken else target)
                for t, target in targets.items()}
     try:
-        _write(saver, path, staging, index, sealed)
+        _write(saver, path, staging, index, sealed, lambda: on_checkpoint(checkpoints))
     except Exception as exc:
         for name in staging.values():
             delete(name)

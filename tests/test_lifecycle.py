@@ -257,6 +257,20 @@ def test_export_and_import_on_the_command_line(cli, tmp_path):
     assert cli("import", "backup.jsonl", "--rename", "nope").returncode == 2
 
 
+def test_export_and_import_report_each_checkpoint(tmp_path):
+    """What the command line's progress bars count: every checkpoint written, and an import's total once its
+    file is checked."""
+    with Agent(db=f"sqlite:///{tmp_path / 'a.db'}") as agent:
+        agent.reason(QUESTION, thread="t")
+        checkpoints = len(agent.history("t"))
+        ticks: list[int] = []
+        with (tmp_path / "t.jsonl").open("w") as f:
+            agent.export(f, ["t"], on_checkpoint=lambda: ticks.append(1))
+        totals: list[int] = []
+        agent.import_file(tmp_path / "t.jsonl", renames={"t": "u"}, on_checkpoint=totals.append)
+        assert len(ticks) == checkpoints > 3 and totals == [checkpoints] * checkpoints
+
+
 def test_async_agent_has_the_same_lifecycle(db_url, tmp_path):
     import asyncio
 
