@@ -110,9 +110,9 @@ def _listed(saver, thread: str) -> Iterator:
     """A thread's checkpoints, newest first, read a page at a time: a saver's list() may read all it lists
     before handing out the first (ours do), and each holds the thread's whole state - all at once, a thread
     of N steps would take memory in N^2 (3,000 steps of bench/savers.py's graph: 1.6 GB)."""
-    before = None
+    before, every_namespace = None, {"configurable": {"thread_id": thread}}  # a subgraph's checkpoints too
     while True:
-        page = list(saver.list(_config(thread), before=before, limit=LIST_PAGE))
+        page = list(saver.list(every_namespace, before=before, limit=LIST_PAGE))
         yield from page
         if len(page) < LIST_PAGE:
             return

@@ -271,6 +271,54 @@ def test_export_and_import_report_each_checkpoint(tmp_path):
         assert len(ticks) == checkpoints > 3 and totals == [checkpoints] * checkpoints
 
 
+def test_an_export_holds_the_checkpoints_of_subgraphs(db_url, tmp_path, request):
+    """A graph whose subgraph keeps checkpoints (in a namespace of its own): the export listed the thread with
+    the root namespace and left those out (4 of 8 here). Import puts back every namespace as it was."""
+    import operator
+    from typing import Annotated, TypedDict
+
+    from conftest import fresh_db_url
+    from langgraph.graph import END, START, StateGraph
+
+    import savers
+    from agent.lifecycle import import_file
+    from savers.transfer import export_records, write_export
+
+    class State(TypedDict):
+        items: Annotated[list, operator.add]
+
+    def graph(checkpointer):
+        inner = StateGraph(State)
+        inner.add_node("a", lambda s: {"items": ["inner a"]})
+        inner.add_node("b", lambda s: {"items": ["inner b"]})
+        inner.add_edge(START, "a")
+        inner.add_edge("a", "b")
+        inner.add_edge("b", END)
+        outer = StateGraph(State)
+        outer.add_node("first", lambda s: {"items": ["outer"]})
+        outer.add_node("sub", inner.compile(checkpointer=True))  # checkpoints of its own, namespace "sub"
+        outer.add_edge(START, "first")
+        outer.add_edge("first", "sub")
+        outer.add_edge("sub", END)
+        return outer.compile(checkpointer=checkpointer)
+
+    def everything(saver) -> list:
+        return [(t.config["configurable"]["checkpoint_ns"], t.config["configurable"]["checkpoint_id"],
+                 (t.parent_config or {}).get("configurable", {}).get("checkpoint_id"), t.checkpoint["channel_values"],
+                 t.metadata, sorted(t.pending_writes or [])) for t in saver.list({"configurable": {"thread_id": "t"}})]
+
+    (tmp_path / "other").mkdir()
+    other = fresh_db_url("sqlite" if db_url.startswith("sqlite") else "postgres", request, tmp_path / "other")
+    with savers.open_saver(db_url) as source, savers.open_saver(other) as target:
+        graph(source).invoke({"items": []}, {"configurable": {"thread_id": "t"}})
+        original = everything(source)
+        assert {row[0] for row in original} == {"", "sub"}
+        with (tmp_path / "t.jsonl").open("w") as f:
+            assert write_export(export_records(source, ["t"]), f)["checkpoints"] == len(original)
+        import_file(target, tmp_path / "t.jsonl", {}, False, lambda thread: False, lambda thread: None)
+        assert everything(target) == original
+
+
 def test_async_agent_has_the_same_lifecycle(db_url, tmp_path):
     import asyncio
 
