@@ -235,7 +235,7 @@ def dump_metadata(metadata: Mapping[str, Any]) -> bytes:
         return json.dumps(metadata, ensure_ascii=False).encode("utf-8", "ignore")
 
 
-def _header_size(data: bytes) -> int:
+def array_header_size(data: bytes) -> int:
     """Bytes of a msgpack array header (0 if `data` is not a msgpack array)."""
     first = data[0] if data else 0
     if 0x90 <= first <= 0x9F:
@@ -243,7 +243,15 @@ def _header_size(data: bytes) -> int:
     return {0xDC: 3, 0xDD: 5}.get(first, 0)
 
 
-def _array_header(n: int) -> bytes:
+def array_length(data: bytes) -> int:
+    """Items in a msgpack array (`data` is one: array_header_size says so)."""
+    first = data[0]
+    if 0x90 <= first <= 0x9F:
+        return first & 0x0F
+    return int.from_bytes(data[1:3] if first == 0xDC else data[1:5], "big")
+
+
+def array_header(n: int) -> bytes:
     if n < 16:
         return bytes([0x90 | n])
     if n < 1 << 16:
@@ -367,7 +375,7 @@ class Chains:
     def _maybe_delta(self, tip: _Tip | None, value: Any, type_: str, data: bytes, key: str | None,
                      *, fenwick: bool) -> tuple[Blob, _Tip | None]:
         """The value as stored (a delta if it extends the tip), and the new tip if it is stored under `key`."""
-        if type(value) is not list or type_ != MSGPACK or not (header := _header_size(data)):
+        if type(value) is not list or type_ != MSGPACK or not (header := array_header_size(data)):
             return Blob(type_, data), None
         n, body = len(value), data[header:]
         if tip is not None and tip.extended_by(n, body):
@@ -442,12 +450,12 @@ class Decoder:
         if type_ != DELTA:
             return self.load(type_, data)
         n, body = self.body(channel, type_, data)
-        return self.load(MSGPACK, _array_header(n) + body)
+        return self.load(MSGPACK, array_header(n) + body)
 
     def body(self, channel: str, type_: str, data: bytes) -> tuple[int, bytes]:
         """(n_items, concatenated item bytes) of a stored list."""
         if type_ != DELTA:
-            return self._count(data), data[_header_size(data):]
+            return array_length(data), data[array_header_size(data):]
         base, n, suffix = ormsgpack.unpackb(data)
         key = (channel, str(base))
         if key not in self._bodies:
@@ -455,13 +463,6 @@ class Decoder:
                 raise MissingBase(f"the stored value of '{channel}' extends {base}, which is gone")
             self._bodies[key] = self.body(channel, *self.blobs[key])
         return n, self._bodies[key][1] + suffix
-
-    @staticmethod
-    def _count(data: bytes) -> int:
-        first = data[0]
-        if 0x90 <= first <= 0x9F:
-            return first & 0x0F
-        return int.from_bytes(data[1:3] if first == 0xDC else data[1:5], "big")
 
     def depth(self, channel: str, type_: str, data: bytes) -> int:
         """How many deltas lead from this stored value to a whole one."""
@@ -476,7 +477,7 @@ class Decoder:
         already MAX_SEED_DEPTH deltas deep: each run (a resume, a fork) starts its Fenwick chain on the value
         it read, so without this the depth would grow with the number of runs; the next value is stored
         whole instead, and reads stay within MAX_SEED_DEPTH + log2(steps of one run) lookups."""
-        if type_ == DELTA or (type_ == MSGPACK and _header_size(data)):
+        if type_ == DELTA or (type_ == MSGPACK and array_header_size(data)):
             if self.depth(channel, type_, data) >= MAX_SEED_DEPTH:
                 return None
             n, body = self.body(channel, type_, data)

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import IO, Any
 
+from savers.compact import MSGPACK, array_header, array_header_size, array_length
 from savers.errors import StorageError
 from savers.serde import strict_loads
 
@@ -185,14 +186,9 @@ class _Listed:
 def _msgpack_array(kind: str, data: bytes) -> tuple[int, bytes, int] | None:
     """(length, data, offset of the first item) of a msgpack array - a list as LangGraph's serializer writes
     it: a header, then each item's bytes, one after another."""
-    if kind != "msgpack" or not data:
+    if kind != MSGPACK or not (start := array_header_size(data)):
         return None
-    if 0x90 <= data[0] <= 0x9F:
-        return data[0] & 0x0F, data, 1
-    if data[0] in (0xDC, 0xDD):
-        size = 2 if data[0] == 0xDC else 4
-        return int.from_bytes(data[1:1 + size], "big"), data, 1 + size
-    return None
+    return array_length(data), data, start
 
 
 def _appended(longer: tuple[int, bytes, int] | None, shorter: tuple[int, bytes, int] | None) -> bytes | None:
@@ -203,10 +199,7 @@ def _appended(longer: tuple[int, bytes, int] | None, shorter: tuple[int, bytes, 
     (n, data, start), (m, prefix, at) = longer, shorter
     if not data.startswith(memoryview(prefix)[at:], start):
         return None
-    added = n - m
-    head = bytes([0x90 | added]) if added < 16 else \
-        (b"\xdc" + added.to_bytes(2, "big") if added < 65536 else b"\xdd" + added.to_bytes(4, "big"))
-    return head + data[start + len(prefix) - at:]
+    return array_header(n - m) + data[start + len(prefix) - at:]
 
 
 def json_line(record: dict) -> str:
