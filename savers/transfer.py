@@ -26,7 +26,7 @@ import binascii
 import json
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import IO, Any
 
@@ -335,7 +335,9 @@ class _Bases:
         # thread -> (namespace, id of the checkpoint that must come next, line of the one that names it,
         # {channel: (must be a list, line of the record that takes it)})
         self.wanted: dict[str, tuple[str, str, int, dict[str, tuple[bool, int]]]] = {}
-        self.last: dict[str, Checkpoint] = {}  # thread -> its checkpoint read last
+        # thread -> the shape of its checkpoint read last (its channels, an empty list for each list): a whole
+        # state per thread of a version 1 file would be held otherwise
+        self.last: dict[str, Checkpoint] = {}
 
     def check(self, record: Checkpoint | Writes, number: int) -> None:
         if isinstance(record, Writes):
@@ -355,7 +357,9 @@ class _Bases:
                  **dict.fromkeys(record.extends, (True, number))}
         if needs:
             self.wanted[record.thread_id] = (record.ns, record.parent_id, number, needs)
-        self.last[record.thread_id] = record
+        shape = {c: [] if isinstance(v, list) else None for c, v in record.checkpoint["channel_values"].items()}
+        self.last[record.thread_id] = replace(record, checkpoint={"channel_values": shape}, metadata={},
+                                              extends=dict.fromkeys(record.extends, []))
 
     def _check_writes(self, record: Writes, number: int) -> None:
         checkpoint = self.last.get(record.thread_id)
