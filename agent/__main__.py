@@ -5,11 +5,12 @@ Exit codes: 0 ok, 1 run failed (resumable), 2 bad input or usage, 130 interrupte
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -602,6 +603,20 @@ def delete(
     _read(db, debug, body)
 
 
+@contextlib.contextmanager
+def _checkpoint_bar(label: str, quiet: bool) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr, and what to call as each checkpoint is written: on_checkpoint(total)."""
+    from rich.progress import Progress
+
+    with Progress(console=_console(stderr=True), disable=quiet) as bar:
+        task = bar.add_task(label, total=None)
+
+        def written(total: int) -> None:
+            bar.update(task, total=total, advance=1)
+
+        yield written
+
+
 @app.command("export")
 def export_command(
     threads_: Annotated[Optional[list[str]], typer.Option(
@@ -618,14 +633,10 @@ def export_command(
     """
 
     def body(agent) -> None:
-        from rich.progress import Progress
-
         from agent.lifecycle import output_file
 
-        total = sum(t.checkpoints for t in agent.threads() if not threads_ or t.thread_id in threads_)
-        with output_file(output, sys.stdout) as out, Progress(console=_console(stderr=True)) as bar:
-            task = bar.add_task("export", total=total)
-            report = agent.export(out, threads_, lambda: bar.advance(task))
+        with output_file(output, sys.stdout) as out, _checkpoint_bar("export", quiet=False) as written:
+            report = agent.export(out, threads_, written)
         if agent.encrypted:
             _console(stderr=True).print("note: the database is encrypted, the export is not: keep the file as safe "
                                         "as the key", markup=False)
@@ -650,17 +661,10 @@ def import_command(
     writing."""
 
     def body() -> int:
-        from rich.progress import Progress
-
         from agent.lifecycle import parse_renames
 
         renames = parse_renames(rename or [])
-        with _open_agent({"db": db}) as agent, Progress(console=_console(stderr=True), disable=as_json) as bar:
-            task = bar.add_task("import", total=None)  # known once the file is checked
-
-            def written(total: int) -> None:
-                bar.update(task, total=total, advance=1)
-
+        with _open_agent({"db": db}) as agent, _checkpoint_bar("import", quiet=as_json) as written:
             report = agent.import_file(file, renames=renames, overwrite=overwrite, on_checkpoint=written)
         if as_json:
             _print_json(report.to_dict())

@@ -731,13 +731,13 @@ class Agent(_Base):
             self._erase(thread)
 
     def export(self, out, threads: list[str] | None = None,
-               on_checkpoint: Callable[[], None] = lambda: None) -> TransferReport:
+               on_checkpoint: Callable[[int], None] = lambda total: None) -> TransferReport:
         """Write threads (default: all) to `out` in the versioned JSON Lines export format, streamed;
-        `on_checkpoint` is called as each checkpoint is written."""
+        `on_checkpoint(total)` is called as each checkpoint is written."""
         from savers.catalog import list_threads
 
-        known = [row.thread_id for row in list_threads(self._core.saver)]
-        return export_threads(self._core.saver, threads or known, out, set(known), on_checkpoint)
+        counts = {row.thread_id: row.checkpoints for row in list_threads(self._core.saver)}
+        return export_threads(self._core.saver, threads or list(counts), out, counts, on_checkpoint)
 
     def import_file(self, path, *, renames: dict[str, str] | None = None, overwrite: bool = False,
                     on_checkpoint: Callable[[int], None] = lambda total: None) -> TransferReport:
@@ -1044,9 +1044,11 @@ class AsyncAgent(_Base):
         return PruneReport(dry_run, removed, sum(removed.values()), freed, before, file_bytes(path))
 
     async def export(self, out, threads: list[str] | None = None,
-                     on_checkpoint: Callable[[], None] = lambda: None) -> TransferReport:
-        known = await self._known()
-        return await asyncio.to_thread(export_threads, self._core.saver, threads or known, out, set(known),
+                     on_checkpoint: Callable[[int], None] = lambda total: None) -> TransferReport:
+        from savers.catalog import alist_threads
+
+        counts = {row.thread_id: row.checkpoints for row in await alist_threads(self._core.saver)}
+        return await asyncio.to_thread(export_threads, self._core.saver, threads or list(counts), out, counts,
                                        on_checkpoint)
 
     async def import_file(self, path, *, renames: dict[str, str] | None = None, overwrite: bool = False,

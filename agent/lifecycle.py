@@ -71,20 +71,23 @@ def output_file(path: Path | None, stdout: IO[str]) -> Iterator[IO[str]]:
         raise
 
 
-def export_threads(saver, threads: list[str], out: IO[str], known: set[str],
-                   on_checkpoint: Callable[[], None] = lambda: None) -> TransferReport:
-    """`on_checkpoint` is called as each checkpoint is written (a progress bar)."""
+def export_threads(saver, threads: list[str], out: IO[str], counts: dict[str, int],
+                   on_checkpoint: Callable[[int], None] = lambda total: None) -> TransferReport:
+    """`counts`: the database's threads and their checkpoints (savers.catalog's rows: the root namespace).
+    `on_checkpoint(total)` is called as each of those is written (a progress bar; a subgraph's own
+    checkpoints are written too, uncounted)."""
     from savers.transfer import export_records, write_export
 
-    missing = [t for t in threads if t not in known]
+    missing = [t for t in threads if t not in counts]
     if missing:
         raise ThreadNotFound(f"no thread {', '.join(repr(t) for t in missing)} in this database (see `threads`)")
+    total = sum(counts[t] for t in threads)
 
     def counted(records: Iterator[dict]) -> Iterator[dict]:
         for record in records:
             yield record
-            if record.get("type") == "checkpoint":
-                on_checkpoint()
+            if record.get("type") == "checkpoint" and not record["checkpoint_ns"]:
+                on_checkpoint(total)
 
     end = write_export(counted(export_records(saver, threads)), out)
     return TransferReport(threads=end["threads"], checkpoints=end["checkpoints"], writes=end["writes"])
