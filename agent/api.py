@@ -591,7 +591,7 @@ class Agent(_Base):
 
         `limit` and `before` page back from the end: the last `limit` checkpoints listed before `before`
         (an id or unique prefix). The result's `next_before` is the `before` of the page listed before it.
-        A constant number of queries, however long the thread."""
+        Read 50 checkpoints at a time (agent.history.READ_PIECE): each holds the thread's whole state."""
         from savers.catalog import checkpoint_links
 
         self._core.check_limit(limit)
@@ -872,10 +872,19 @@ class AsyncAgent(_Base):
         page = self._core.history_page(thread, links, limit, before)
         if not page.ids:
             return HistoryPage()
+        return HistoryPage(await self._page_rows(thread, links, page), page.next_before)
+
+    async def _page_rows(self, thread: str, links: dict[str, str | None], page,
+                         each: Callable[[Any], None] | None = None) -> list[CheckpointInfo]:
+        """A history page's rows, read a piece at a time; `each` sees every snapshot read (the web UI notes
+        each checkpoint's usage and error from them in the same pass)."""
         rows = PageRows(page, links, functools.partial(self._core.config, thread))
         while (read := rows.next_read()) is not None:
-            rows.add(*[s async for s in self._core.reader().aget_state_history(**read)])
-        return HistoryPage(rows.finish(), page.next_before)
+            piece = [s async for s in self._core.reader().aget_state_history(**read)]
+            for snapshot in piece if each else ():
+                each(snapshot)
+            rows.add(*piece)
+        return rows.finish()
 
     async def state(self, thread: str, checkpoint: str | None = None) -> StateView:
         snapshot = await self._at(thread, checkpoint)

@@ -393,16 +393,3 @@ def _after(ordered: list[str], high: int) -> str | None:
         return str(uuid.UUID(int=uuid.UUID(ordered[-1]).int + 1))
     except ValueError:
         return None
-
-
-def build_history(snapshots: list, head_id: str, ids: list[str] | None = None) -> list[CheckpointInfo]:
-    """Rows in history order from a thread's snapshots (any order, every branch); with `ids`, only those
-    checkpoints, in that order, the other snapshots serving as their parents."""
-    by_id = {s.config["configurable"]["checkpoint_id"]: s for s in snapshots}
-
-    def parent_id(s) -> str | None:
-        return (s.parent_config or {}).get("configurable", {}).get("checkpoint_id")
-
-    if ids is None:
-        ids = history_order({cid: parent_id(s) for cid, s in by_id.items()})
-    return [checkpoint_info(s, by_id.get(parent_id(s)), head_id) for cid in ids if (s := by_id.get(cid))]

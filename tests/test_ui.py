@@ -339,3 +339,55 @@ def test_a_thread_another_process_is_running_shows_as_running(db_url, llm, cli):
     finally:
         llm.release.set()
         assert proc.wait(timeout=60) == 0
+
+
+def test_search_in_state_shows_the_checkpoints_whose_state_holds_the_text(seeded):
+    db_url, rows = seeded
+    with Agent(db=db_url) as agent:
+        holding = {r.checkpoint_id for r in rows if "391" in json.dumps(agent.state("t1", r.checkpoint_id).values)}
+    assert 0 < len(holding) < len(rows)
+
+    async def scenario(client, agent):
+        graph = (await client.get("/graph", params={"t": "t1", "q": "391", "fold": "0"},
+                                  headers={"hx-request": "true"})).text
+        return set(re.findall(r'data-checkpoint="([^"]+)"', graph))
+
+    assert ui(db_url, scenario) == holding
+
+
+def test_a_long_thread_is_read_a_piece_at_a_time_and_its_states_searched_the_same_way(tmp_path):
+    """The thread page read every checkpoint's state and kept them all for as long as the server ran (a thread
+    of 2,000 offline steps: 813 MB); its record now keeps rows, usage and errors, and a search in the states
+    reads them again a piece at a time."""
+    import tracemalloc
+
+    from test_history import grow
+
+    from agent.history import READ_PIECE
+    from agent.ui.store import Store
+
+    url = f"sqlite:///{tmp_path / 'long.db'}"
+    grow(url, "large", 600)
+
+    async def main():
+        async with AsyncAgent(db=url) as agent:
+            store = Store(agent)
+            await agent.history("large", limit=READ_PIECE)
+            peaks, read = {}, {"page": lambda: agent.history("large", limit=READ_PIECE),
+                               "record": lambda: store.record("large")}
+            for what in read:
+                tracemalloc.start()
+                try:
+                    record = await read[what]()
+                    peaks[what] = tracemalloc.get_traced_memory()[1]
+                finally:
+                    tracemalloc.stop()
+            states = [s async for s in agent._core.reader().aget_state_history(agent._core.config("large"))]
+            holding = {s.config["configurable"]["checkpoint_id"] for s in states
+                       if "result 300" in json.dumps(s.values, ensure_ascii=False).lower()}
+            return record, peaks, holding, await store.search(record, "Result 300 "), states
+
+    record, peaks, holding, found, states = asyncio.run(main())
+    assert len(record.rows) == len(states) >= 600 and peaks["record"] < 3 * peaks["page"], peaks
+    assert 0 < len(holding) < len(states) and found == holding
+    assert record.usage[record.head] == states[0].values["usage"]

@@ -171,7 +171,8 @@ def create_app(agent: AsyncAgent, *, write: bool = False, token: str | None = No
         if not record.row(selected):
             selected = (await agent.state(view.thread, selected)).checkpoint.checkpoint_id
         view = views.GraphView(**{**view.__dict__, "selected": selected})
-        graph = views.build_graph(view, record.rows, record.values, record.errors, record.head)
+        found = await store.search(record, view.q) if view.q.strip() else frozenset()
+        graph = views.build_graph(view, record.rows, found, record.errors, record.head)
         result = await agent.result(view.thread)  # status `running` while any process runs the thread
         return {"view": view, "record": record, "graph": graph, "thread": view.thread, "result": result,
                 "running": view.thread in store.running or result.status == "running"}
@@ -188,11 +189,10 @@ def create_app(agent: AsyncAgent, *, write: bool = False, token: str | None = No
         view = await agent.state(thread, checkpoint)
         record = await store.record(thread)
         row = record.row(view.checkpoint.checkpoint_id) or view.checkpoint
-        parent_values = record.values.get(row.parent_checkpoint_id or "", {})
         return {"cp": view, "row": row, "step_spend": views.spent(views.usage_of(view.values),
-                                                                   views.usage_of(parent_values)),
+                                                                   record.usage.get(row.parent_checkpoint_id or "")),
                 "call": await store.model_call(record, row), "error": record.errors.get(row.checkpoint_id),
-                "branch": views.branch_spend(split_lines(record.rows), record.values, row.checkpoint_id),
+                "branch": views.branch_spend(split_lines(record.rows), record.usage, row.checkpoint_id),
                 "can_resume": row.head and view.result.status != "done" and thread not in store.running
                 and (await agent.result(thread)).status != "running",
                 "record": record, "thread": thread}

@@ -1,5 +1,6 @@
 """What the web UI reads from the database, on top of AsyncAgent: a page of threads, a whole thread's record
-with every checkpoint's values, the model call behind a step, and the threads branched off a thread.
+(every checkpoint's row, usage and error), searches in its states, the model call behind a step, and the
+threads branched off a thread.
 
 The public API answers one question at a time; a page needs many at once. What it lacks (paged threads,
 history with values) is done here through the agent's own saver and reader graph, in one place.
@@ -9,17 +10,23 @@ from __future__ import annotations
 
 import json
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from agent.api import AsyncAgent, RunResult
-from agent.history import CheckpointInfo, ThreadInfo, build_history
+from agent.api import AsyncAgent
+from agent.history import READ_PIECE, CheckpointInfo, ThreadInfo
 from graphs.ask import request_key
 
 PAGE_SIZE = 50
 # A thread's record is rebuilt when its newest checkpoint or its count changes, and at the latest after
 # this long: a run that fails adds its error to the last checkpoint without adding a checkpoint.
 RECORD_TTL_S = 10.0
+# Records kept for threads looked at lately, and searches kept per record. A record holds no states (each
+# checkpoint's holds the thread's whole state so far: for a thread of 2,000 steps the states took 813 MB), so
+# one is small; a search reads the states again, a piece at a time.
+RECORDS_KEPT = 32
+SEARCHES_KEPT = 8
 # A filtered thread list reads the head of every thread it has not seen yet, this long per request at most;
 # the page says how far it got and asks again.
 SCAN_BUDGET_S = 1.5
@@ -48,19 +55,24 @@ class ThreadPage:
 
 @dataclass
 class Record:
-    """A whole thread as stored: rows oldest first, and each checkpoint's values and error (if its step failed)."""
+    """A whole thread as stored: rows oldest first, and each checkpoint's usage so far (what its state says
+    was spent), its model, and its error (if its step failed). Not its state: Store.snapshot reads one."""
 
     thread: str
     rows: list[CheckpointInfo]
-    values: dict[str, dict]
+    usage: dict[str, dict]
     errors: dict[str, str]
     models: dict[str, str]
     head: str
     branches_into: list[tuple[str, str]] = field(default_factory=list)  # (thread, checkpoint it was copied from)
     read_at: float = 0.0
+    found: OrderedDict[str, frozenset[str]] = field(default_factory=OrderedDict)  # search -> checkpoints
+
+    def __post_init__(self) -> None:
+        self._by_id = {r.checkpoint_id: r for r in self.rows}
 
     def row(self, checkpoint_id: str) -> CheckpointInfo | None:
-        return next((r for r in self.rows if r.checkpoint_id == checkpoint_id), None)
+        return self._by_id.get(checkpoint_id)
 
     @property
     def branch_of(self) -> tuple[str, str] | None:
@@ -94,7 +106,7 @@ class Store:
 
     def __init__(self, agent: AsyncAgent):
         self.agent = agent
-        self._records: dict[str, Record] = {}
+        self._records: OrderedDict[str, Record] = OrderedDict()  # least recently used first
         self._heads: dict[str, tuple[str, ThreadSummary]] = {}  # thread -> (head id, its row), for filtering
         self.running: set[str] = set()  # threads this server is running now
 
@@ -211,36 +223,57 @@ class Store:
     # -- one thread --------------------------------------------------------------------------------------
 
     async def record(self, thread: str) -> Record:
-        """Every checkpoint of a thread with its values; cached while the thread does not change."""
-        from savers.catalog import alist_threads
+        """Every checkpoint of a thread, its usage, model and error; cached while the thread does not change."""
+        from savers.catalog import acheckpoint_links
 
-        rows = await alist_threads(self._saver, thread)
-        if not rows:
+        links = await acheckpoint_links(self._saver, thread)
+        if not links:
             await self.agent.result(thread)  # raises ThreadNotFound with the API's own message
-        head = rows[0].head
+        head = max(links)
         cached = self._records.get(thread)
-        if (cached and cached.head == head and len(cached.rows) == rows[0].checkpoints
+        if (cached and cached.head == head and len(cached.rows) == len(links)
                 and time.monotonic() - cached.read_at < RECORD_TTL_S and thread not in self.running):
+            self._records.move_to_end(thread)
             return cached
-        snapshots = [s async for s in self._reader().aget_state_history(self._config(thread))]
-        ids = [s.config["configurable"]["checkpoint_id"] for s in snapshots]
-        errors = {}
-        for cid, s in zip(ids, snapshots):
-            error = next((str(t.error) for t in s.tasks if getattr(t, "error", None)), None)
-            if error:
+        usage, errors, models = {}, {}, {}
+
+        def note(snapshot) -> None:
+            cid = snapshot.config["configurable"]["checkpoint_id"]
+            usage[cid] = dict((snapshot.values or {}).get("usage") or {})
+            models[cid] = (snapshot.metadata or {}).get("model") or ""
+            if error := next((str(t.error) for t in snapshot.tasks if getattr(t, "error", None)), None):
                 errors[cid] = error
-        record = Record(
-            thread=thread,
-            rows=build_history(snapshots, head),
-            values={cid: dict(s.values or {}) for cid, s in zip(ids, snapshots)},
-            errors=errors,
-            models={cid: (s.metadata or {}).get("model") or "" for cid, s in zip(ids, snapshots)},
-            head=head,
-            branches_into=await self._branches_into(thread),
-            read_at=time.monotonic(),
-        )
+
+        page = self.agent._core.history_page(thread, links, None, None)
+        rows = await self.agent._page_rows(thread, links, page, note)
+        record = Record(thread=thread, rows=rows, usage=usage, errors=errors, models=models, head=head,
+                        branches_into=await self._branches_into(thread), read_at=time.monotonic())
         self._records[thread] = record
+        self._records.move_to_end(thread)
+        while len(self._records) > RECORDS_KEPT:
+            self._records.popitem(last=False)
         return record
+
+    async def search(self, record: Record, text: str) -> frozenset[str]:
+        """The checkpoints of a record whose state holds `text` (any case, in its JSON), read a piece at a
+        time; the last few searches of a record are kept with it."""
+        needle = text.strip().lower()
+        if needle in record.found:
+            record.found.move_to_end(needle)
+            return record.found[needle]
+        found, before = set(), None
+        while True:
+            piece = [s async for s in self._reader().aget_state_history(self._config(record.thread), before=before,
+                                                                          limit=READ_PIECE)]
+            found.update(s.config["configurable"]["checkpoint_id"] for s in piece
+                         if needle in json.dumps(s.values or {}, ensure_ascii=False, default=str).lower())
+            if len(piece) < READ_PIECE:
+                break
+            before = piece[-1].config
+        record.found[needle] = frozenset(found)
+        while len(record.found) > SEARCHES_KEPT:
+            record.found.popitem(last=False)
+        return record.found[needle]
 
     async def _branches_into(self, thread: str) -> list[tuple[str, str]]:
         """Threads made by `branch` from this one: their first checkpoint records `branch_of: thread@C`."""
@@ -261,10 +294,6 @@ class Store:
     def forget(self, thread: str) -> None:
         self._records.pop(thread, None)
         self._heads.pop(thread, None)
-
-    async def result_at(self, thread: str, checkpoint: str) -> RunResult:
-        snapshot = await self._reader().aget_state(self._config(thread, checkpoint))
-        return self.agent._core.result(thread, snapshot)
 
     async def snapshot(self, thread: str, checkpoint: str):
         return await self._reader().aget_state(self._config(thread, checkpoint))
@@ -308,9 +337,9 @@ class Store:
 
         builders = {"analyze": cot._analyze_request, "execute": cot._execute_request,
                     "validate": cot._validate_request}
-        if row.source != "loop" or row.node not in builders or row.parent_checkpoint_id not in record.values:
+        if row.source != "loop" or row.node not in builders or not record.row(row.parent_checkpoint_id or ""):
             return None
-        state = record.values[row.parent_checkpoint_id]
+        state = dict((await self.snapshot(record.thread, row.parent_checkpoint_id)).values or {})
         try:
             schema, messages = builders[row.node](state)
         except (KeyError, IndexError):
@@ -366,11 +395,12 @@ class Store:
             rows = list(reversed(lineage))
         checkpoints = []
         for row in rows:
-            result = (await self.result_at(thread, row.checkpoint_id)).to_dict()
+            snapshot = await self.snapshot(thread, row.checkpoint_id)
+            result = self.agent._core.result(thread, snapshot).to_dict()
             checkpoints.append({
                 "thread_id": thread, **row.to_dict(),
                 **{k: result[k] for k in ("status", "question", "steps", "answer", "validation", "usage", "error")},
-                "values": record.values.get(row.checkpoint_id, {}),
+                "values": dict(snapshot.values or {}),
             })
         return {"format": "agent-history-json/1", "thread_id": thread, "branch_head": upto,
                 "exported_at": datetime.now(timezone.utc).isoformat(), "checkpoints": checkpoints}

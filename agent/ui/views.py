@@ -39,19 +39,20 @@ class BranchSpend:
     origin_end: str | None
 
 
-def branch_spend(graph_lines: list[Line], values: dict[str, dict], checkpoint_id: str) -> BranchSpend | None:
+def branch_spend(graph_lines: list[Line], usage: dict[str, dict], checkpoint_id: str) -> BranchSpend | None:
+    """`usage`: each checkpoint's usage so far (Record.usage)."""
     line = next((ln for ln in graph_lines if any(r.checkpoint_id == checkpoint_id for r in ln.rows)), None)
     if line is None:
         return None
-    start = usage_of(values.get(line.parent)) if line.parent else {}
-    own = spent(usage_of(values.get(line.rows[-1].checkpoint_id)), start)
+    start = usage.get(line.parent, {}) if line.parent else {}
+    own = spent(usage.get(line.rows[-1].checkpoint_id, {}), start)
     if line.parent is None:
         return BranchSpend(line, own, None, None)
     origin = next((ln for ln in graph_lines if any(r.checkpoint_id == line.parent for r in ln.rows)), None)
     if origin is None:
         return BranchSpend(line, own, None, None)
     end = origin.rows[-1].checkpoint_id
-    return BranchSpend(line, own, spent(usage_of(values.get(end)), start), end)
+    return BranchSpend(line, own, spent(usage.get(end, {}), start), end)
 
 
 def will_run(nxt: list[str], values: dict) -> list[str]:
@@ -118,16 +119,9 @@ class GraphView:
         return self.query(**{name: tuple(x for x in current if x != key) if key in current else (*current, key)})
 
 
-def matcher(view: GraphView, values: dict[str, dict], errors: dict[str, str], branch_points: set[str]):
+def matcher(view: GraphView, found: frozenset[str], errors: dict[str, str], branch_points: set[str]):
+    """Which rows the graph shows. `found`: the checkpoints whose state holds the search text (Store.search)."""
     needle = view.q.strip().lower()
-    texts: dict[str, str] = {}
-
-    def text(cid: str) -> str:
-        if cid not in texts:
-            import json
-
-            texts[cid] = json.dumps(values.get(cid, {}), ensure_ascii=False, default=str).lower()
-        return texts[cid]
 
     def show(row: CheckpointInfo) -> bool:
         if view.node and row.node != view.node:
@@ -142,12 +136,12 @@ def matcher(view: GraphView, values: dict[str, dict], errors: dict[str, str], br
             return False
         if view.kind == "branches" and row.checkpoint_id not in branch_points:
             return False
-        return not needle or needle in text(row.checkpoint_id) or needle in row.summary.lower()
+        return not needle or row.checkpoint_id in found or needle in row.summary.lower()
 
     return show
 
 
-def build_graph(view: GraphView, rows: list[CheckpointInfo], values: dict[str, dict], errors: dict[str, str],
+def build_graph(view: GraphView, rows: list[CheckpointInfo], found: frozenset[str], errors: dict[str, str],
                 head: str) -> Graph:
     keep = {head, view.selected} - {""}
     from agent.ui.lanes import split_lines
@@ -155,5 +149,5 @@ def build_graph(view: GraphView, rows: list[CheckpointInfo], values: dict[str, d
     lines = split_lines(rows)
     collapsed = (default_collapsed(lines, keep) - set(view.opened)) | set(view.shut)
     branch_points = {line.parent for line in lines if line.parent}
-    return layout(rows, show=matcher(view, values, errors, branch_points), collapsed=collapsed,
+    return layout(rows, show=matcher(view, found, errors, branch_points), collapsed=collapsed,
                   unfolded=set(view.unfold), keep=keep, fold=view.fold)
