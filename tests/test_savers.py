@@ -267,10 +267,28 @@ with savers.open_saver({url!r}) as saver:
     saver.put = reported
     build().compile(checkpointer=saver).invoke(start(10_000), config("t"), durability="sync")
 """
+# The async saver, whose SQLite writes run on the event loop's thread (savers.sqlite.INLINE_PRAGMAS).
+ASYNC_CHILD = """
+import asyncio, json, sys
+sys.path[:0] = [{tests!r}]
+import savers
+from test_savers import build, config, start
+async def main():
+    async with savers.open_async_saver({url!r}) as saver:
+        aput = saver.aput
+        async def reported(*args):
+            stored = await aput(*args)
+            print(json.dumps([stored["configurable"]["checkpoint_id"], args[2]["step"]]), flush=True)
+            return stored
+        saver.aput = reported
+        await build().compile(checkpointer=saver).ainvoke(start(10_000), config("t"), durability="sync")
+asyncio.run(main())
+"""
 
 
-def test_a_step_whose_checkpoint_was_saved_survives_sigkill(db_url):
-    child = subprocess.Popen([sys.executable, "-c", CHILD.format(tests=str(Path(__file__).parent), url=db_url)],
+@pytest.mark.parametrize("child_code", [CHILD, ASYNC_CHILD], ids=["sync", "async"])
+def test_a_step_whose_checkpoint_was_saved_survives_sigkill(db_url, child_code):
+    child = subprocess.Popen([sys.executable, "-c", child_code.format(tests=str(Path(__file__).parent), url=db_url)],
                              stdout=subprocess.PIPE, text=True)
     try:
         for _ in range(60):
@@ -285,6 +303,65 @@ def test_a_step_whose_checkpoint_was_saved_survives_sigkill(db_url):
         assert kept.checkpoint["channel_values"]["items"][-1].startswith(f"item {step}:")
         for tup in saver.list(config("t")):  # whatever else made it is whole
             assert len(tup.checkpoint["channel_values"].get("items", [])) == max(tup.metadata["step"], 0)
+
+
+def test_async_sqlite_writes_on_the_loop_wait_for_a_lock_off_it(tmp_path):
+    """aput_writes runs on the event loop's thread with a connection that does not wait for locks: while
+    another process holds the database's write lock, the write goes to aiosqlite's thread and waits there,
+    the loop going on meanwhile, and is stored once the lock is let go."""
+    url = f"sqlite:///{tmp_path / 'locked.db'}"
+    cfg = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+
+    async def main():
+        async with savers.open_async_saver(url) as saver:
+            stored = await saver.aput(cfg, empty_checkpoint(), {"source": "input", "step": -1}, {})
+            inline = saver._inline_commits
+            holder = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)
+            holder.execute("BEGIN IMMEDIATE")
+            write = asyncio.create_task(saver.aput_writes(stored, [("items", ["held"])], "task-1"))
+            ticks = 0
+            while ticks < 20:  # the loop is free while the write waits for the lock
+                await asyncio.sleep(0.01)
+                ticks += 1
+            assert not write.done()
+            holder.execute("COMMIT")
+            holder.close()
+            await asyncio.wait_for(write, 10)
+            tup = await saver.aget_tuple(stored)
+            await saver.aput_writes(stored, [("items", ["free"])], "task-2")
+            return inline, saver._inline_commits, tup.pending_writes
+
+    before, after, pending = asyncio.run(main())
+    assert pending == [("task-1", "items", ["held"])]
+    assert (before, after) == (1, 2)  # the put and the last write went on the loop's connection; the held one not
+
+
+def test_async_sqlite_copies_its_wal_back_though_its_writes_do_not(tmp_path):
+    """The loop's connection does not copy the WAL back after its commits (a copy can take ~20 ms); aiosqlite's
+    thread does it every INLINE_CHECKPOINT_COMMITS commits, so the WAL stays bounded as with the sync saver."""
+    from savers.sqlite import INLINE_CHECKPOINT_COMMITS, WAL_KEEP_BYTES
+
+    path = tmp_path / "wal.db"
+    cfg = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+    commits = 3 * INLINE_CHECKPOINT_COMMITS
+
+    async def main():
+        async with savers.open_async_saver(f"sqlite:///{path}") as saver:
+            checkpoint = empty_checkpoint()
+            stored = await saver.aput(cfg, checkpoint, {"source": "input", "step": -1}, {})
+            wal = []
+            for n in range(1, commits + 1):
+                await saver.aput_writes(stored, [("items", [f"item {n} " + "x" * 1000])], f"task-{n}")
+                if n % 100 == 0:
+                    wal.append((path.parent / "wal.db-wal").stat().st_size)
+            return saver._inline_commits, wal
+
+    inline, wal = asyncio.run(main())
+    assert inline == commits + 1
+    # Without the copies the WAL grows by the same bytes at every commit, to 3x what it reaches in
+    # INLINE_CHECKPOINT_COMMITS commits; with them it starts over after each copy.
+    per_commit = wal[0] / 100
+    assert max(wal) < min(1.3 * per_commit * INLINE_CHECKPOINT_COMMITS, WAL_KEEP_BYTES), (per_commit, max(wal))
 
 
 @pytest.fixture
