@@ -605,16 +605,24 @@ def delete(
 
 @contextlib.contextmanager
 def _checkpoint_bar(label: str, quiet: bool) -> Iterator[Callable[[int], None]]:
-    """A progress bar on stderr, and what to call as each checkpoint is written: on_checkpoint(total)."""
+    """A progress bar on stderr, and what to call as each checkpoint is written: on_checkpoint(total). Shown
+    from the first checkpoint on, so that bad input (an unknown thread, a missing file) prints its one line
+    of error and no empty bar."""
     from rich.progress import Progress
 
-    with Progress(console=_console(stderr=True), disable=quiet) as bar:
-        task = bar.add_task(label, total=None)
+    bar = Progress(console=_console(stderr=True), disable=quiet)
+    task = bar.add_task(label, total=None)
 
-        def written(total: int) -> None:
-            bar.update(task, total=total, advance=1)
+    def written(total: int) -> None:
+        if not bar.live.is_started:
+            bar.start()
+        bar.update(task, total=total, advance=1)
 
+    try:
         yield written
+    finally:
+        if bar.live.is_started:
+            bar.stop()
 
 
 @app.command("export")
@@ -690,16 +698,11 @@ def migrate(
     """Copy threads from one database to another (e.g. SQLite to Postgres), with a progress bar."""
 
     def body() -> int:
-        from rich.progress import Progress
-
         # The source may be a plaintext database even when AGENT_ENCRYPTION_KEY is set: that is how one
         # encrypts a database - migrate it into a new one with the key.
         with _open_agent({"db": source}, create=False, plaintext_ok=True) as origin, \
-                _open_agent({"db": target}) as destination:
-            total = sum(t.checkpoints for t in origin.threads() if not threads_ or t.thread_id in threads_)
-            with Progress(console=_console(stderr=True), disable=as_json) as bar:
-                task = bar.add_task("migrate", total=total)
-                report = origin.migrate_to(destination, threads_, lambda: bar.advance(task))
+                _open_agent({"db": target}) as destination, _checkpoint_bar("migrate", quiet=as_json) as written:
+            report = origin.migrate_to(destination, threads_, written)
         if as_json:
             _print_json(report.to_dict())
         else:

@@ -788,12 +788,14 @@ class Agent(_Base):
                 self._trim(thread, policy, Path(workdir), dry_run=False)
 
     def migrate_to(self, target: Agent, threads: list[str] | None = None,
-                   on_checkpoint: Callable[[], None] = lambda: None) -> TransferReport:
-        """Copy threads (default: all) into another database, e.g. SQLite to Postgres."""
+                   on_checkpoint: Callable[[int], None] = lambda total: None) -> TransferReport:
+        """Copy threads (default: all) into another database, e.g. SQLite to Postgres; all or nothing.
+        `on_checkpoint(total)` is called as each checkpoint is written."""
         from savers.catalog import list_threads
 
-        names = threads or [row.thread_id for row in list_threads(self._core.saver)]
-        return migrate(self._core.saver, target._core.saver, names, target._exists, target._erase, on_checkpoint)
+        counts = {row.thread_id: row.checkpoints for row in list_threads(self._core.saver)}
+        return migrate(self._core.saver, target._core.saver, threads or list(counts), counts, target._exists,
+                       target._erase, on_checkpoint)
 
     def branch(self, thread: str, checkpoint: str, to: str) -> ThreadInfo:
         """A new thread `to` whose history is `thread`'s lineage up to `checkpoint`; `thread` is untouched."""
@@ -1067,10 +1069,13 @@ class AsyncAgent(_Base):
                                        on_checkpoint=on_checkpoint)
 
     async def migrate_to(self, target: AsyncAgent, threads: list[str] | None = None,
-                         on_checkpoint: Callable[[], None] = lambda: None) -> TransferReport:
-        names = threads or await self._known()
-        return await asyncio.to_thread(migrate, self._core.saver, target._core.saver, names,
-                                       self._blocking(target._exists), self._blocking(target._erase), on_checkpoint)
+                         on_checkpoint: Callable[[int], None] = lambda total: None) -> TransferReport:
+        from savers.catalog import alist_threads
+
+        counts = {row.thread_id: row.checkpoints for row in await alist_threads(self._core.saver)}
+        return await asyncio.to_thread(migrate, self._core.saver, target._core.saver, threads or list(counts),
+                                       counts, self._blocking(target._exists), self._blocking(target._erase),
+                                       on_checkpoint)
 
     async def branch(self, thread: str, checkpoint: str, to: str) -> ThreadInfo:
         from savers.catalog import alist_threads

@@ -217,15 +217,21 @@ def import_file(saver, path: Path, renames: dict[str, str], overwrite: bool,
                           renamed={k: v for k, v in renames.items()}, replaced=taken)
 
 
-def migrate(source, target, threads: list[str], exists: Callable[[str], bool], delete: Callable[[str], None],
-            on_checkpoint: Callable[[], None] = lambda: None) -> TransferReport:
+def migrate(source, target, threads: list[str], counts: dict[str, int], exists: Callable[[str], bool],
+            delete: Callable[[str], None], on_checkpoint: Callable[[int], None] = lambda total: None) -> TransferReport:
     """Copy threads from one database to another, checked as an import is; all or nothing. Each thread goes
     through a staging file in the system's temporary directory (sealed line by line when the source is
     encrypted, as trim's), so that it is written oldest checkpoint first and takes the room it took in the
-    source (transfer.Restorer); one thread at a time, so the staging file is one thread's export."""
+    source (transfer.Restorer); one thread at a time, so the staging file is one thread's export. `counts`
+    and `on_checkpoint(total)` as export_threads takes them."""
     from savers.compact import encrypted
     from savers.transfer import export_records, json_line
 
+    missing = [t for t in threads if t not in counts]
+    if missing:
+        raise ThreadNotFound(f"no thread {', '.join(repr(t) for t in missing)} in the source database (see "
+                             "`threads`)")
+    total = sum(counts[t] for t in threads)
     taken = sorted(t for t in threads if exists(t))
     if taken:
         raise ThreadExists(f"thread {', '.join(repr(t) for t in taken)} already exists in the target database; "
@@ -241,7 +247,7 @@ def migrate(source, target, threads: list[str], exists: Callable[[str], bool], d
                         line = json_line(record)
                         f.write(line if sealed is None else _seal_line(sealed, line))
                 _, counted, written, index = _scan(path, sealed)
-                _write(target, path, {thread: thread}, index, sealed, on_checkpoint)
+                _write(target, path, {thread: thread}, index, sealed, lambda: on_checkpoint(total))
                 checkpoints, writes = checkpoints + counted, writes + written
     except Exception as exc:
         for thread in threads:

@@ -70,6 +70,25 @@ def test_migrate_on_the_command_line(cli, db_url, tmp_path):
     assert again.returncode == 2 and "already exists" in again.stderr
 
 
+def test_migrate_export_and_import_of_what_is_not_there_say_so_in_one_line(cli, tmp_path):
+    """A thread the source does not have was "copied" (exit 0, "Copied 1 threads, 0 checkpoints"); and each of
+    these commands drew an empty progress bar above its error."""
+    from test_cli import one_error_line
+
+    source = f"sqlite:///{tmp_path / 'source.db'}"
+    with Agent(db=source) as agent:
+        agent.reason(QUESTION, thread="t1")
+    target = tmp_path / "target.db"
+    for args, message in ((("migrate", "--from", source, "--to", f"sqlite:///{target}", "--thread", "ghost"),
+                           "no thread 'ghost' in the source database"),
+                          (("export", "--db", source, "--thread", "ghost", "-o", "x.jsonl"), "no thread 'ghost'"),
+                          (("import", "--db", source, "missing.jsonl"), "cannot read missing.jsonl")):
+        result = cli(*args)
+        assert result.returncode == 2 and message in one_error_line(result), args
+    with Agent(db=f"sqlite:///{target}") as agent:
+        assert agent.threads() == []
+
+
 def test_import_refuses_existing_threads_unless_renamed_or_overwritten(db_url, tmp_path):
     path = tmp_path / "export.jsonl"
     with Agent(db=db_url) as agent:
@@ -258,7 +277,7 @@ def test_export_and_import_on_the_command_line(cli, tmp_path):
     assert cli("import", "backup.jsonl", "--rename", "nope").returncode == 2
 
 
-def test_export_and_import_report_each_checkpoint(tmp_path):
+def test_export_import_and_migrate_report_each_checkpoint(tmp_path):
     """What the command line's progress bars count: every checkpoint written, with the total (an import's once
     its file is checked)."""
     with Agent(db=f"sqlite:///{tmp_path / 'a.db'}") as agent:
@@ -270,7 +289,10 @@ def test_export_and_import_report_each_checkpoint(tmp_path):
             agent.export(f, ["t"], on_checkpoint=exported.append)
         imported: list[int] = []
         agent.import_file(tmp_path / "t.jsonl", renames={"t": "u"}, on_checkpoint=imported.append)
-        assert checkpoints > 3 and exported == imported == [checkpoints] * checkpoints
+        migrated: list[int] = []
+        with Agent(db=f"sqlite:///{tmp_path / 'b.db'}") as target:
+            agent.migrate_to(target, ["t"], on_checkpoint=migrated.append)
+        assert checkpoints > 3 and exported == imported == migrated == [checkpoints] * checkpoints
 
 
 def test_an_export_holds_the_checkpoints_of_subgraphs(db_url, tmp_path, request):
