@@ -231,6 +231,7 @@ def test_export_a_thread_and_a_branch(seeded):
         whole = await client.get("/export", params={"t": "t1"})
         assert whole.headers["content-disposition"].startswith('attachment; filename="t1.history.json"')
         data = whole.json()
+        assert whole.text == json.dumps(data, ensure_ascii=False, indent=2)  # streamed, laid out as one dump
         assert [c["checkpoint_id"] for c in data["checkpoints"]] == [r.checkpoint_id for r in rows]
         assert data["checkpoints"][-1]["values"]["answer"] == "395" and data["checkpoints"][-1]["status"] == "done"
         part = (await client.get("/export", params={"t": "t1", "c": rows[3].checkpoint_id[:16]})).json()
@@ -373,21 +374,31 @@ def test_a_long_thread_is_read_a_piece_at_a_time_and_its_states_searched_the_sam
         async with AsyncAgent(db=url) as agent:
             store = Store(agent)
             await agent.history("large", limit=READ_PIECE)
+            async def export():
+                sent = [len(piece) async for piece in store.export("large", record.rows)]
+                return len(sent), sum(sent)
+
+            record = None
             peaks, read = {}, {"page": lambda: agent.history("large", limit=READ_PIECE),
-                               "record": lambda: store.record("large")}
+                               "record": lambda: store.record("large"), "export": export}
             for what in read:
                 tracemalloc.start()
                 try:
-                    record = await read[what]()
+                    got = await read[what]()
                     peaks[what] = tracemalloc.get_traced_memory()[1]
                 finally:
                     tracemalloc.stop()
+                record = got if what == "record" else record
+            pieces, exported = got
             states = [s async for s in agent._core.reader().aget_state_history(agent._core.config("large"))]
             holding = {s.config["configurable"]["checkpoint_id"] for s in states
                        if "result 300" in json.dumps(s.values, ensure_ascii=False).lower()}
-            return record, peaks, holding, await store.search(record, "Result 300 "), states
+            return record, peaks, holding, await store.search(record, "Result 300 "), states, pieces, exported
 
-    record, peaks, holding, found, states = asyncio.run(main())
+    record, peaks, holding, found, states, pieces, exported = asyncio.run(main())
     assert len(record.rows) == len(states) >= 600 and peaks["record"] < 3 * peaks["page"], peaks
+    # The export document is streamed a checkpoint at a time: more bytes than the server ever holds (built
+    # whole, the document and the states in it were held at once).
+    assert pieces == len(states) + 2 and peaks["export"] < exported / 3, (peaks, exported)
     assert 0 < len(holding) < len(states) and found == holding
     assert record.usage[record.head] == states[0].values["usage"]

@@ -222,11 +222,11 @@ def create_app(agent: AsyncAgent, *, write: bool = False, token: str | None = No
         thread, upto = request.query_params.get("t", ""), request.query_params.get("c") or None
         if upto:
             upto = (await agent.state(thread, upto)).checkpoint.checkpoint_id
-        data = await store.export(thread, upto)
+        rows = await store.export_rows(thread, upto)  # an unknown thread is refused before anything is sent
         name = f"{thread}{'-' + upto[:SHORT_ID] if upto else ''}.history.json"
         safe = "".join(ch if ch.isalnum() or ch in "-_.@" else "_" for ch in name)
-        return Response(json.dumps(data, ensure_ascii=False, indent=2, default=str), media_type="application/json",
-                        headers={"content-disposition": f'attachment; filename="{safe}"'})
+        return StreamingResponse(store.export(thread, rows, upto), media_type="application/json",
+                                 headers={"content-disposition": f'attachment; filename="{safe}"'})
 
     # -- actions ------------------------------------------------------------------------------------------
 
