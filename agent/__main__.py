@@ -74,8 +74,12 @@ def _console(stderr: bool = False):
     return console
 
 
+def _error_line(message: str) -> None:
+    _console(stderr=True).print(f"[bold red]error:[/] {_escape(message)}", markup=True)
+
+
 def _fail(message: str, code: int) -> None:
-    _console(stderr=True).print(f"[bold red]error:[/] {message}", markup=True)
+    _error_line(message)
     raise typer.Exit(code)
 
 
@@ -175,7 +179,7 @@ def _report(result, settings, as_json: bool) -> int:
     else:
         out = _console()
         if result.from_store:
-            out.print(f"[dim]Thread {result.thread_id} is finished; this is its stored answer "
+            out.print(f"[dim]Thread {_escape(result.thread_id)} is finished; this is its stored answer "
                       "(no model call).[/]")
         if result.status == "done":
             out.print(f"[bold green]Answer:[/] {_escape(result.answer or '')}")
@@ -183,7 +187,7 @@ def _report(result, settings, as_json: bool) -> int:
 
         usage = result.usage
         cached = f" (+{usage.cached_calls} from cache)" if usage.cached_calls else ""
-        out.print(f"[dim]thread {result.thread_id} · {result.status} · {usage.llm_calls} model calls{cached}, "
+        out.print(f"[dim]thread {_escape(result.thread_id)} · {result.status} · {usage.llm_calls} model calls{cached}, "
                   f"{usage.input_tokens} in / {usage.output_tokens} out tokens, {dollars(usage.cost_usd)} · "
                   f"checkpoint {(result.checkpoint_id or '-')[:13]}[/]")
     if result.status == "done":
@@ -191,7 +195,7 @@ def _report(result, settings, as_json: bool) -> int:
     err = _console(stderr=True)
     reason = {"failed": f"run failed: {result.error}", "budget_exceeded": result.error}.get(
         result.status, "run stopped before the end")
-    err.print(f"[bold red]error:[/] {_escape(reason)}; resume with: {_resume_hint(result.thread_id, settings.db)}"
+    err.print(f"[bold red]error:[/] {_escape(reason)}; resume with: {_escape(_resume_hint(result.thread_id, settings.db))}"
               + (" --budget <more>" if result.status == "budget_exceeded" else ""))
     return EXIT_FAILED
 
@@ -543,7 +547,7 @@ def batch(
             _print_json(summary)
         else:
             _console().print(f"{tally.done} done, {tally.failed} failed, {tally.skipped} already in "
-                             f"{results.path.name}, {tally.busy} busy elsewhere · spent ${tally.spend_usd:.4f}")
+                             f"{escape_markup(results.path.name)}, {tally.busy} busy elsewhere · spent ${tally.spend_usd:.4f}")
         # A question another process is running is that process's work (several batches may share a file).
         return EXIT_FAILED if tally.failed else 0
 
@@ -789,8 +793,23 @@ def ui(
 
 
 def main() -> None:
-    app()
-
+    """The command line. A usage error (a missing or unknown option or command, a value of the wrong type) is
+    one line on stderr and exit 2, as every other bad input is, not Click's boxed usage text."""
+    try:
+        code = app(standalone_mode=False)
+    except typer.TyperException as exc:  # Click's exceptions (typer ships its own Click)
+        ctx, message = getattr(exc, "ctx", None), exc.format_message()
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `python -m agent`: its help is printed already
+            pass
+        elif ctx is not None:
+            _error_line(f"{message} (see `{ctx.command_path} --help`)")
+        else:
+            _error_line(message)
+        sys.exit(getattr(exc, "exit_code", 2))
+    except typer.Abort:  # end of input at a prompt
+        _error_line("aborted")
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 if __name__ == "__main__":
     main()

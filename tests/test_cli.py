@@ -95,6 +95,11 @@ BAD_INPUT = [
     (("reason", QUESTION, "--thread", "t1", "--model", "openai:gpt-4o-mini"), "--model offline"),
     (("reason", QUESTION, "--thread", "t1", "--structured-output", "xml"), "structured_output"),
     (("resume", "--thread", "nope"), "no SQLite database"),
+    # Usage errors: one line too, not Click's boxed usage text.
+    (("history", "--bogus"), "No such option: --bogus (see `python -m agent history --help`)"),
+    (("branch", "--thread", "t1", "--to", "t2"), "Missing option '--checkpoint'"),
+    (("history", "--thread", "t1", "--limit", "many"), "Invalid value for '--limit'"),
+    (("nosuchcommand",), "No such command 'nosuchcommand'"),
 ]
 
 
@@ -111,6 +116,9 @@ def test_resume_of_an_unknown_thread_names_it(cli, db_url):
     result = cli("resume", "--thread", "unknown", "--db", db_url)
     assert result.returncode == 2
     assert "no thread 'unknown'" in one_error_line(result)
+    for name in ("a[/]", "[bold]b[/bold]"):  # read as markup, the first was a traceback, the second showed 'b'
+        result = cli("history", "--thread", name, "--db", db_url)
+        assert result.returncode == 2 and f"no thread '{name}'" in one_error_line(result)
 
 
 @pytest.mark.parametrize("content, message", [
