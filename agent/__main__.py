@@ -187,7 +187,8 @@ def _report(result, settings, as_json: bool) -> int:
 
         usage = result.usage
         cached = f" (+{usage.cached_calls} from cache)" if usage.cached_calls else ""
-        out.print(f"[dim]thread {_escape(result.thread_id)} · {result.status} · {usage.llm_calls} model calls{cached}, "
+        out.print(f"[dim]thread {_escape(result.thread_id)} · {result.status} · "
+                  f"{usage.llm_calls} model calls{cached}, "
                   f"{usage.input_tokens} in / {usage.output_tokens} out tokens, {dollars(usage.cost_usd)} · "
                   f"checkpoint {(result.checkpoint_id or '-')[:13]}[/]")
     if result.status == "done":
@@ -195,7 +196,8 @@ def _report(result, settings, as_json: bool) -> int:
     err = _console(stderr=True)
     reason = {"failed": f"run failed: {result.error}", "budget_exceeded": result.error}.get(
         result.status, "run stopped before the end")
-    err.print(f"[bold red]error:[/] {_escape(reason)}; resume with: {_escape(_resume_hint(result.thread_id, settings.db))}"
+    hint = _escape(_resume_hint(result.thread_id, settings.db))
+    err.print(f"[bold red]error:[/] {_escape(reason)}; resume with: {hint}"
               + (" --budget <more>" if result.status == "budget_exceeded" else ""))
     return EXIT_FAILED
 
@@ -547,7 +549,8 @@ def batch(
             _print_json(summary)
         else:
             _console().print(f"{tally.done} done, {tally.failed} failed, {tally.skipped} already in "
-                             f"{escape_markup(results.path.name)}, {tally.busy} busy elsewhere · spent ${tally.spend_usd:.4f}")
+                             f"{escape_markup(results.path.name)}, {tally.busy} busy elsewhere · "
+                             f"spent ${tally.spend_usd:.4f}")
         # A question another process is running is that process's work (several batches may share a file).
         return EXIT_FAILED if tally.failed else 0
 
@@ -810,6 +813,7 @@ def main() -> None:
         _error_line("aborted")
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
+
 
 if __name__ == "__main__":
     main()

@@ -99,11 +99,12 @@ PRAGMAS = (
 )
 # The async saver's hot path - aput and aput_writes, one short INSERT each - runs on the event loop's own
 # thread, on a connection of its own (AsyncSqlite._write): a hop to aiosqlite's thread and back costs more
-# than the INSERT (bench/savers.py's graph, in-graph A/B over 30 rounds: 1.51x InMemorySaver -> 1.30x). So that
-# the loop never waits on the database, that connection does not wait for a lock (opened with timeout 0: the
-# write then goes to aiosqlite's thread, which waits as every other call does) and does not copy the WAL back
-# itself (a copy can take ~20 ms): every INLINE_CHECKPOINT_COMMITS of its commits (~4 pages each, so about
-# SQLite's own 4,000-page interval above) aiosqlite's thread copies it back, while the loop goes on.
+# than the INSERT (bench/savers.py's graph, in-graph A/B over 30 rounds: 1.46-1.51x InMemorySaver ->
+# 1.20-1.30x; bench/savers.py at 5194052: 1.23x, the stock async saver 2.27x). So that the loop never waits
+# on the database, that connection does not wait for a lock (opened with timeout 0: the write then goes to
+# aiosqlite's thread, which waits as every other call does) and does not copy the WAL back itself (a copy
+# can take ~20 ms): every INLINE_CHECKPOINT_COMMITS of its commits (~4 pages each, so about SQLite's own
+# 4,000-page interval above) aiosqlite's thread copies it back, while the loop goes on.
 INLINE_PRAGMAS = ("PRAGMA synchronous=NORMAL", "PRAGMA wal_autocheckpoint=0",
                   f"PRAGMA journal_size_limit={WAL_KEEP_BYTES}")
 INLINE_CHECKPOINT_COMMITS = 1_000
