@@ -400,7 +400,7 @@ class Store:
 
         head = {"format": "agent-history-json/1", "thread_id": thread, "branch_head": upto,
                 "exported_at": datetime.now(timezone.utc).isoformat()}
-        yield _dumps(head)[:-2] + ',\n  "checkpoints": ['
+        yield dumps(head, sort_keys=False)[:-2] + ',\n  "checkpoints": ['
         for n, row in enumerate(rows):
             snapshot = await self.snapshot(thread, row.checkpoint_id)
             result = self.agent._core.result(thread, snapshot).to_dict()
@@ -409,12 +409,8 @@ class Store:
                 **{k: result[k] for k in ("status", "question", "steps", "answer", "validation", "usage", "error")},
                 "values": dict(snapshot.values or {}),
             }
-            yield ("," if n else "") + "\n    " + _dumps(checkpoint).replace("\n", "\n    ")
+            yield ("," if n else "") + "\n    " + dumps(checkpoint, sort_keys=False).replace("\n", "\n    ")
         yield "\n  ]\n}" if rows else "]\n}"
 
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, indent=2, default=str)
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, indent=2, sort_keys=True, default=str)
+def dumps(value: Any, *, sort_keys: bool = True) -> str:
+    return json.dumps(value, ensure_ascii=False, indent=2, sort_keys=sort_keys, default=str)
