@@ -319,10 +319,8 @@ def test_async_sqlite_writes_on_the_loop_wait_for_a_lock_off_it(tmp_path):
             holder = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)
             holder.execute("BEGIN IMMEDIATE")
             write = asyncio.create_task(saver.aput_writes(stored, [("items", ["held"])], "task-1"))
-            ticks = 0
-            while ticks < 20:  # the loop is free while the write waits for the lock
+            for _ in range(20):  # the loop is free while the write waits for the lock
                 await asyncio.sleep(0.01)
-                ticks += 1
             assert not write.done()
             holder.execute("COMMIT")
             holder.close()
@@ -347,8 +345,7 @@ def test_async_sqlite_copies_its_wal_back_though_its_writes_do_not(tmp_path):
 
     async def main():
         async with savers.open_async_saver(f"sqlite:///{path}") as saver:
-            checkpoint = empty_checkpoint()
-            stored = await saver.aput(cfg, checkpoint, {"source": "input", "step": -1}, {})
+            stored = await saver.aput(cfg, empty_checkpoint(), {"source": "input", "step": -1}, {})
             wal = []
             for n in range(1, commits + 1):
                 await saver.aput_writes(stored, [("items", [f"item {n} " + "x" * 1000])], f"task-{n}")
