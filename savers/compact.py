@@ -435,22 +435,63 @@ class MissingBase(LookupError):
     """A delta's base is not in the database: the thread was deleted or pruned while it was written."""
 
 
+# Items a decoded list may share with the other lists decoded from the same base: they cannot change.
+_SHARED_ITEMS = (str, int, float, bool, bytes, type(None))
+
+
 class Decoder:
     """Turns stored (type, bytes) into values, resolving deltas against `blobs`: (channel, key) ->
     (type, bytes), which must hold every base on the way (the savers fetch them recursively). Everything it
-    is given is already unsealed (the inner serializer's bytes)."""
+    is given is already unsealed (the inner serializer's bytes).
+
+    One decoder serves the checkpoints of a list() call, so a base several of them extend is decoded once:
+    a list whose new items are strings, numbers and the like is its base's items (decoded once, kept) and its
+    own, a new list each time; any other list is decoded from its bytes whole (its items must not be shared:
+    a caller may change them). Every value of a long thread holds all the items before it, so decoding each
+    whole made a list() of N checkpoints cost N^2 item decodes."""
 
     def __init__(self, serde, blobs: Mapping[tuple[str, str], tuple[str, bytes]]) -> None:
         # Ours refuses types strict mode would not build; another saver's serde loads as it loads.
         self.load = getattr(serde, "load_inner", None) or (lambda type_, data: inner_of(serde).loads_typed((type_, data)))
         self.blobs = blobs
         self._bodies: dict[tuple[str, str], tuple[int, bytes]] = {}
+        self._lists: dict[tuple[str, str], list | None] = {}  # decoded lists, None where items are not shared
 
-    def value(self, channel: str, type_: str, data: bytes) -> Any:
+    def value(self, channel: str, type_: str, data: bytes, key: str | None = None) -> Any:
+        """`key`: where the value is stored (None for a write's value), to keep it if other values share it."""
+        if type_ == DELTA or (key is not None and type_ == MSGPACK and array_header_size(data)):
+            if (items := self._list(channel, key, type_, data)) is not None:
+                return list(items)  # the kept list is never handed out
         if type_ != DELTA:
             return self.load(type_, data)
         n, body = self.body(channel, type_, data)
         return self.load(MSGPACK, array_header(n) + body)
+
+    def _list(self, channel: str, key: str | None, type_: str, data: bytes) -> list | None:
+        """A stored list, decoded, if every item of it may be shared (_SHARED_ITEMS); else None. Kept under
+        its key, so a list that several values extend or refer to is decoded once: a delta then costs its own
+        items and a copy of its base's."""
+        if key is not None and (channel, key) in self._lists:
+            return self._lists[(channel, key)]
+        items = None
+        if type_ != DELTA:
+            whole = self.load(type_, data)
+            if type(whole) is list and all(type(item) in _SHARED_ITEMS for item in whole):
+                items = whole
+        else:
+            base, n, suffix = ormsgpack.unpackb(data)
+            base_key = (channel, str(base))
+            if base_key not in self._lists and base_key not in self.blobs:
+                raise MissingBase(f"the stored value of '{channel}' extends {base}, which is gone")
+            kept = self._list(channel, str(base), *self.blobs[base_key]) if base_key not in self._lists \
+                else self._lists[base_key]
+            if kept is not None and n >= len(kept):
+                added = self.load(MSGPACK, array_header(n - len(kept)) + suffix)
+                if type(added) is list and all(type(item) in _SHARED_ITEMS for item in added):
+                    items = kept + added
+        if key is not None:
+            self._lists[(channel, key)] = items
+        return items
 
     def body(self, channel: str, type_: str, data: bytes) -> tuple[int, bytes]:
         """(n_items, concatenated item bytes) of a stored list."""

@@ -371,10 +371,13 @@ class _Rows:
             by_ns.setdefault(r["checkpoint_ns"], {})[(r["channel"], r["version"])] = stored
         return by_ns
 
-    def _tuple(self, row, writes, blobs_by_ns: dict, *, seed: bool) -> CheckpointTuple:
+    def _tuple(self, row, writes, blobs_by_ns: dict, *, seed: bool,
+               decoders: dict[str, Decoder] | None = None) -> CheckpointTuple:
+        """`decoders`: one per namespace, shared by the checkpoints of a list() (compact.Decoder)."""
         thread_id, ns, checkpoint_id = row["thread_id"], row["checkpoint_ns"], row["checkpoint_id"]
         blobs = blobs_by_ns.get(ns, {})
-        decoder = Decoder(self.serde, blobs)
+        decoder = decoders.setdefault(ns, Decoder(self.serde, blobs)) if decoders is not None \
+            else Decoder(self.serde, blobs)
         checkpoint = row["checkpoint"]
         values = dict(checkpoint.get("channel_values") or {})
         tips = {}
@@ -382,7 +385,7 @@ class _Rows:
             for channel, version in checkpoint["channel_versions"].items():
                 key = (channel, str(version))
                 if channel not in values and key in blobs and blobs[key][0] != "empty":
-                    values[channel] = decoder.value(channel, *blobs[key])
+                    values[channel] = decoder.value(channel, *blobs[key], key=key[1])
                     if seed and (tip := decoder.list_tip(channel, key[1], *blobs[key])):
                         tips[channel] = tip
             pending = decode_pending(decoder, writes)
@@ -438,7 +441,8 @@ class _Rows:
 
     def _tuples(self, rows, blob_rows, *, seed: bool) -> list[CheckpointTuple]:
         blobs = self._blob_map(rows[0]["thread_id"], blob_rows) if rows else {}
-        return [self._tuple(row, row["pending"], blobs, seed=seed) for row in rows]
+        decoders: dict[str, Decoder] = {}
+        return [self._tuple(row, row["pending"], blobs, seed=seed, decoders=decoders) for row in rows]
 
     def _kept_rows(self, tup: CheckpointTuple, row, writes_blobs: dict) -> list[tuple[str, tuple]]:
         """Statements that keep one checkpoint readable on its own: whole values, no parent."""

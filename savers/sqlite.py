@@ -379,7 +379,7 @@ class _Rows:
             for channel, key in where.items():
                 if (stored := found.get((channel, key))) is None:
                     raise MissingBase(f"the value of '{channel}' stored with checkpoint {key} is gone")
-                checkpoint["channel_values"][channel] = decoder.value(channel, *stored)
+                checkpoint["channel_values"][channel] = decoder.value(channel, *stored, key=key)
                 known[(channel, str(versions.get(channel)))] = key
                 if seed and (tip := decoder.list_tip(channel, key, *stored)):
                     tips[channel] = tip

@@ -251,6 +251,56 @@ def test_prune_refuses_threads_that_use_a_delta_channel(any_url):
         assert ids(saver, "d") == [checkpoint["id"]]
 
 
+def test_a_list_decodes_what_its_checkpoints_share_once_and_shares_no_item_that_can_change(db_url):
+    """Every checkpoint of a run holds all the items before it; list() decoded each whole, so a page of 50
+    checkpoints decoded 50 copies of the thread's lists. One decoder per list() now keeps a list that values
+    extend or refer to, and hands out copies: strings are shared between the lists it returns, items that
+    can change (dicts) are decoded for each."""
+
+    class Notes(TypedDict, total=False):
+        step: int
+        log: list[str]
+        notes: list[dict]
+        with_notes: bool
+
+    def note(state: Notes) -> dict:
+        n = state.get("step", 0) + 1
+        update = {"step": n, "log": [*state.get("log", []), f"line {n}: {'y' * 40}"]}
+        if state.get("with_notes"):
+            update["notes"] = [*state.get("notes", []), {"n": n, "tags": [n]}]
+        return update
+
+    graph = StateGraph(Notes)
+    graph.add_node("note", note)
+    graph.add_edge(START, "note")
+    graph.add_conditional_edges("note", lambda s: "note" if s["step"] < 300 else END, ["note", END])
+    with savers.open_saver(db_url) as saver:
+        compiled = graph.compile(checkpointer=saver)
+        compiled.invoke({}, config("strings"), durability="sync")
+        compiled.invoke({"with_notes": True}, config("dicts"), durability="sync")
+        loaded, load = [], saver.serde.load_inner
+
+        def counted(type_, data):
+            loaded.append(len(data))
+            return load(type_, data)
+
+        saver.serde.load_inner = counted
+        pages = {"strings": list(saver.list(config("strings"), limit=50))}
+        page_bytes = sum(loaded)
+        loaded.clear()
+        saver.get_tuple(pages["strings"][0].config)
+        assert page_bytes < 5 * sum(loaded), (page_bytes, sum(loaded))  # each decoded whole: ~50x the newest alone
+        pages["dicts"] = list(saver.list(config("dicts"), limit=50))
+        for listed in pages.values():
+            alone = [saver.get_tuple(t.config) for t in listed]
+            assert [t.checkpoint["channel_values"] for t in listed] == [t.checkpoint["channel_values"] for t in alone]
+            first, second = (t.checkpoint["channel_values"] for t in listed[:2])
+            first["log"].append("changed")
+            assert second["log"][-1].startswith("line 299:")
+        first["notes"][5]["tags"].append("changed")
+        assert second["notes"][5] == {"n": 6, "tags": [6]}
+
+
 # -- durable against a crash ----------------------------------------------------------------------------------
 
 CHILD = """
