@@ -480,11 +480,7 @@ class Decoder:
                 items = whole
         else:
             base, n, suffix = ormsgpack.unpackb(data)
-            base_key = (channel, str(base))
-            if base_key not in self._lists and base_key not in self.blobs:
-                raise MissingBase(f"the stored value of '{channel}' extends {base}, which is gone")
-            kept = self._list(channel, str(base), *self.blobs[base_key]) if base_key not in self._lists \
-                else self._lists[base_key]
+            kept = self._list(channel, str(base), *self._base(channel, base))
             if kept is not None and n >= len(kept):
                 added = self.load(MSGPACK, array_header(n - len(kept)) + suffix)
                 if type(added) is list and all(type(item) in _SHARED_ITEMS for item in added):
@@ -500,10 +496,14 @@ class Decoder:
         base, n, suffix = ormsgpack.unpackb(data)
         key = (channel, str(base))
         if key not in self._bodies:
-            if key not in self.blobs:
-                raise MissingBase(f"the stored value of '{channel}' extends {base}, which is gone")
-            self._bodies[key] = self.body(channel, *self.blobs[key])
+            self._bodies[key] = self.body(channel, *self._base(channel, base))
         return n, self._bodies[key][1] + suffix
+
+    def _base(self, channel: str, base: Any) -> tuple[str, bytes]:
+        """The stored value a delta extends."""
+        if (stored := self.blobs.get((channel, str(base)))) is None:
+            raise MissingBase(f"the stored value of '{channel}' extends {base}, which is gone")
+        return stored
 
     def depth(self, channel: str, type_: str, data: bytes) -> int:
         """How many deltas lead from this stored value to a whole one."""

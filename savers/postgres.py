@@ -371,13 +371,11 @@ class _Rows:
             by_ns.setdefault(r["checkpoint_ns"], {})[(r["channel"], r["version"])] = stored
         return by_ns
 
-    def _tuple(self, row, writes, blobs_by_ns: dict, *, seed: bool,
-               decoders: dict[str, Decoder] | None = None) -> CheckpointTuple:
-        """`decoders`: one per namespace, shared by the checkpoints of a list() (compact.Decoder)."""
+    def _tuple(self, row, writes, blobs_by_ns: dict, *, seed: bool, decoder: Decoder | None = None) -> CheckpointTuple:
+        """`decoder`: its namespace's, shared by the checkpoints of a list() (compact.Decoder)."""
         thread_id, ns, checkpoint_id = row["thread_id"], row["checkpoint_ns"], row["checkpoint_id"]
         blobs = blobs_by_ns.get(ns, {})
-        decoder = decoders.setdefault(ns, Decoder(self.serde, blobs)) if decoders is not None \
-            else Decoder(self.serde, blobs)
+        decoder = decoder or Decoder(self.serde, blobs)
         checkpoint = row["checkpoint"]
         values = dict(checkpoint.get("channel_values") or {})
         tips = {}
@@ -441,8 +439,9 @@ class _Rows:
 
     def _tuples(self, rows, blob_rows, *, seed: bool) -> list[CheckpointTuple]:
         blobs = self._blob_map(rows[0]["thread_id"], blob_rows) if rows else {}
-        decoders: dict[str, Decoder] = {}
-        return [self._tuple(row, row["pending"], blobs, seed=seed, decoders=decoders) for row in rows]
+        decoders = {ns: Decoder(self.serde, ns_blobs) for ns, ns_blobs in blobs.items()}
+        return [self._tuple(row, row["pending"], blobs, seed=seed, decoder=decoders.get(row["checkpoint_ns"]))
+                for row in rows]
 
     def _kept_rows(self, tup: CheckpointTuple, row, writes_blobs: dict) -> list[tuple[str, tuple]]:
         """Statements that keep one checkpoint readable on its own: whole values, no parent."""
