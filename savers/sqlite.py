@@ -185,6 +185,16 @@ SELECT_HEADS = (f"SELECT {_COLUMNS} FROM checkpoints c WHERE thread_id = ? AND c
                 "(SELECT MAX(checkpoint_id) FROM checkpoints k WHERE k.thread_id = c.thread_id "
                 "AND k.checkpoint_ns = c.checkpoint_ns)")
 EXISTS_THREAD = "SELECT 1 FROM checkpoints WHERE thread_id = ? LIMIT 1"
+# A page of a thread's every namespace (_Rows._every_namespace_page): its first ?2 namespaces, one index seek
+# each (SELECT DISTINCT reads every checkpoint of the thread); past MAX_PAGED_NAMESPACES, the page's keys
+# sorted from the primary key's index alone, then its rows read by key.
+MAX_PAGED_NAMESPACES = 8
+SELECT_NAMESPACES = ("WITH RECURSIVE ns(v) AS (SELECT MIN(checkpoint_ns) FROM checkpoints WHERE thread_id = ?1 "
+                     "UNION ALL SELECT (SELECT MIN(checkpoint_ns) FROM checkpoints WHERE thread_id = ?1 AND "
+                     "checkpoint_ns > v) FROM ns WHERE v IS NOT NULL) SELECT v FROM ns WHERE v IS NOT NULL LIMIT ?2")
+SELECT_PAGE_BY_KEYS = (f"SELECT {_COLUMNS} FROM checkpoints WHERE thread_id = ? AND (checkpoint_ns, checkpoint_id) IN "
+                       "(SELECT checkpoint_ns, checkpoint_id FROM checkpoints {where} ORDER BY checkpoint_id DESC "
+                       "LIMIT ?) ORDER BY checkpoint_id DESC")
 # A lineage: a root-namespace checkpoint and its ancestors, by parent links (ids sort by time only per process).
 SELECT_LINEAGE = """
 WITH RECURSIVE lineage(checkpoint_id, parent) AS (
@@ -413,11 +423,15 @@ class _Rows:
     def _list_plan(self, config, filter, before, limit) -> Plan:
         # Sealed metadata keys (encryption on) are matched after reading, so the limit is applied then too.
         filter, sealed = split_filter(self.serde, filter)
-        where, params = search_where(config, filter, before)
-        query = f"SELECT {_COLUMNS} FROM checkpoints {where} ORDER BY checkpoint_id DESC"
-        if limit is not None and not sealed:
-            query, params = query + " LIMIT ?", (*params, int(limit))
-        rows = yield query, tuple(params), False
+        if limit is not None and not sealed and config is not None and \
+                config["configurable"].get("checkpoint_ns") is None:
+            rows = yield from self._every_namespace_page(config, filter, before, int(limit))
+        else:
+            where, params = search_where(config, filter, before)
+            query = f"SELECT {_COLUMNS} FROM checkpoints {where} ORDER BY checkpoint_id DESC"
+            if limit is not None and not sealed:
+                query, params = query + " LIMIT ?", (*params, int(limit))
+            rows = yield query, tuple(params), False
         # Per thread and namespace, not per checkpoint: one statement for the writes of all its rows, and
         # one resolve of the values they refer to, so a list costs the same few statements however long.
         groups: dict[tuple, list] = {}
@@ -447,6 +461,26 @@ class _Rows:
             if matches(tup.metadata, sealed):
                 tuples.append(tup)
         return tuples
+
+    @staticmethod
+    def _every_namespace_page(config, filter, before, limit: int) -> Plan:
+        """A page of one thread's checkpoints in every namespace, newest first, as an export lists a thread. The
+        primary key orders checkpoints within a namespace only, so one query ordered by checkpoint_id sorted
+        every checkpoint of the thread before `before`, blobs and all, for each page (the middle of a
+        6,000-step thread: 11 ms a page); instead each namespace's page is read in the key's order and the
+        pages merged (0.07 ms), or, past MAX_PAGED_NAMESPACES namespaces, only the keys are sorted (1.8 ms)."""
+        thread_id = config["configurable"]["thread_id"]
+        spaces = yield SELECT_NAMESPACES, (thread_id, MAX_PAGED_NAMESPACES + 1), False
+        if len(spaces) > MAX_PAGED_NAMESPACES:
+            where, params = search_where(config, filter, before)
+            return (yield SELECT_PAGE_BY_KEYS.format(where=where), (thread_id, *params, limit), False)
+        rows = []
+        for (ns,) in spaces:
+            where, params = search_where({**config, "configurable": {**config["configurable"], "checkpoint_ns": ns}},
+                                         filter, before)
+            rows += yield (f"SELECT {_COLUMNS} FROM checkpoints {where} ORDER BY checkpoint_id DESC LIMIT ?",
+                           (*params, limit), False)
+        return sorted(rows, key=lambda row: row[2], reverse=True)[:limit]
 
     def _delete_plan(self, thread_ids: list[str], *, final: bool = False) -> Plan:
         """`final`: remember the threads as deleted (agent_tombstones), so late writes cannot bring them back."""
