@@ -21,7 +21,7 @@ import json
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -414,17 +414,33 @@ class Chains:
         entry.tips.update(encoded.tips)
 
     def seed(self, thread_id: str, ns: str, known: Mapping[tuple[str, str], str],
-             lists: Mapping[str, tuple[str, int, bytes]]) -> None:
+             lists: Mapping[str, tuple[str, int, bytes]], read: Collection[tuple[str, str]]) -> None:
         """After reading a checkpoint (the parent of the next one, usually): where its values are stored
-        - (channel, version) -> key - and its lists, where the next deltas start."""
+        - (channel, version) -> key - and its lists, where the next deltas start. `read`: every stored value
+        read to decode it, (channel, key), bases included.
+
+        What is remembered may be out of date: another process may have pruned the thread (its head rewritten
+        whole under the same key, the values before it gone) or deleted and made it again. A remembered tip
+        is kept only if every stored value a next delta could extend was just read, so exists; other tips are
+        dropped or replaced by the one read. (Keeping the tip of the value read lets a run in this process go
+        on with its delta chain instead of starting one per run.)"""
         entry = self._thread(thread_id, ns, create=True)
         entry.known.update(known)
+        for channel, tip in list(entry.tips.items()):
+            if not all((channel, key) in read for key, _, _ in tip.frames.values()):
+                del entry.tips[channel]
         for channel, (key, n, body) in lists.items():
             tip = entry.tips.get(channel)
-            if tip is None or tip.key != key:
-                new = self._tip(0, key, n, body, {0: (key, n, len(body))})
-                if new is not None:
+            if tip is None or (tip.key, tip.n, tip.body) != (key, n, body):
+                entry.tips.pop(channel, None)
+                if (new := self._tip(0, key, n, body, {0: (key, n, len(body))})) is not None:
                     entry.tips[channel] = new
+
+    def start(self, thread_id: str, ns: str) -> None:
+        """Nothing of this thread and namespace is stored (a get_tuple found no checkpoint, or a put has no
+        parent): what is remembered of it is from rows another process has deleted since."""
+        with self._guard:
+            self._threads.pop((thread_id, ns), None)
 
 def delta_base(type_: str, data: bytes) -> str | None:
     """The key of the value a stored value extends, if it is a delta (to fetch it before decoding)."""

@@ -310,9 +310,11 @@ class _Rows:
         thread_id, ns = str(configurable["thread_id"]), configurable["checkpoint_ns"]
         inline, apart = split_values(checkpoint["channel_values"])
         versions = checkpoint["channel_versions"]
+        parent = configurable.get("checkpoint_id")
+        if parent is None:
+            self.chains.start(thread_id, ns)
         encoded = self.chains.encode_checkpoint(inner_of(self.serde), thread_id, ns, apart, versions, new_versions)
         params: list = []
-        parent = configurable.get("checkpoint_id")
         for channel, blob in encoded.blobs.items():
             version = str(versions[channel])
             params += (thread_id, ns, channel, version,
@@ -409,7 +411,7 @@ class _Rows:
         except MissingBase as exc:
             raise unreadable(checkpoint_id, thread_id, exc) from None
         if seed:
-            self.chains.seed(thread_id, ns, {key: key[1] for key in blobs}, tips)
+            self.chains.seed(thread_id, ns, {key: key[1] for key in blobs}, tips, blobs.keys())
         config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint_id}}
         parent_id = row["parent_checkpoint_id"]
         parent = ({"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": parent_id}}
@@ -572,6 +574,8 @@ class Postgres(_Rows, PostgresSaver):
             else:
                 rows = cur.execute(SELECT_LATEST_SQL, (thread_id, ns)).fetchall()
             tuples = self._load(cur, rows, seed=True)
+        if not tuples and not checkpoint_id:  # nothing stored in this thread and namespace
+            self.chains.start(str(thread_id), ns)
         return tuples[0] if tuples else None
 
     def list(self, config: RunnableConfig | None, *, filter: dict[str, Any] | None = None,
@@ -759,6 +763,8 @@ class AsyncPostgres(SyncWrappers, _Rows, AsyncPostgresSaver):
             else:
                 await cur.execute(SELECT_LATEST_SQL, (thread_id, ns))
             tuples = await self._load(cur, await cur.fetchall(), seed=True)
+        if not tuples and not checkpoint_id:  # nothing stored in this thread and namespace
+            self.chains.start(str(thread_id), ns)
         return tuples[0] if tuples else None
 
     async def alist(self, config: RunnableConfig | None, *, filter: dict[str, Any] | None = None,

@@ -279,6 +279,8 @@ class _Rows:
     def _checkpoint_row(self, config, checkpoint, metadata, new_versions) -> tuple[tuple, Encoded]:
         configurable = config["configurable"]
         thread_id, ns = str(configurable["thread_id"]), configurable["checkpoint_ns"]
+        if configurable.get("checkpoint_id") is None:
+            self.chains.start(thread_id, ns)
         return self._row(thread_id, ns, checkpoint, configurable.get("checkpoint_id"),
                          dump_metadata(seal_metadata(self.serde, get_checkpoint_metadata(config, metadata),
                                                      context("metadata", thread_id, ns, checkpoint["id"]))),
@@ -397,7 +399,7 @@ class _Rows:
         except MissingBase as exc:
             raise unreadable(checkpoint_id, thread_id, exc) from None
         if seed:
-            self.chains.seed(thread_id, ns, known, tips)
+            self.chains.seed(thread_id, ns, known, tips, found.keys())
         config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint_id}}
         parent = ({"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": parent_id}}
                   if parent_id else None)
@@ -418,6 +420,8 @@ class _Rows:
             found = yield SELECT_ONE, (thread_id, ns, checkpoint_id), False
         else:
             found = yield SELECT_LATEST, (thread_id, ns), False
+            if not found:  # nothing stored in this thread and namespace
+                self.chains.start(thread_id, ns)
         return (yield from self._read(found[0], {}, seed=True)) if found else None
 
     def _list_plan(self, config, filter, before, limit) -> Plan:

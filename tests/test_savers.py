@@ -708,6 +708,36 @@ def test_a_value_whose_row_is_gone_is_a_clear_error(db_url):
             saver.get_tuple(config("t"))
 
 
+def _everything_reads(saver, thread: str) -> int:
+    listed = list(saver.list({"configurable": {"thread_id": thread}}))
+    assert [saver.get_tuple(t.config).checkpoint for t in listed] == [t.checkpoint for t in listed]
+    return len(listed)
+
+
+def test_a_saver_goes_on_after_another_process_prunes_or_deletes_its_thread(db_url):
+    """A saver remembers where each thread's lists are stored, to store the next as a delta. Another process
+    (here another saver on the same database) pruned the thread - its head rewritten whole under the same
+    id, the rows before it gone - and the next run in this one stored deltas of rows that were gone: every
+    checkpoint it wrote failed to read. Or it deleted the thread, and a checkpoint with no parent (an
+    import's first, a run on a new thread) extended the deleted thread's list. Now a read of a checkpoint
+    keeps what it remembers only where the rows were just read, and a thread with nothing stored starts
+    anew."""
+    with savers.open_saver(db_url) as this, savers.open_saver(db_url) as other:
+        run(this, "t", start(30))
+        other.prune(["t"], strategy="keep_latest")
+        run(this, "t", {"target": 45})
+        assert _everything_reads(other, "t") == 18 and this.get_tuple(config("t")).checkpoint["channel_values"][
+            "items"][-1].startswith("item 45:")
+
+        run(this, "u", start(20))
+        items = this.get_tuple(config("u")).checkpoint["channel_values"]["items"]
+        other.delete_thread("u")
+        this.put(config("u", checkpoint_ns=""), {**empty_checkpoint(), "channel_values": {"items": [*items, "more"]},
+                                                   "channel_versions": {"items": "1"}},
+                 {"source": "input", "step": -1}, {"items": "1"})
+        assert _everything_reads(other, "u") == 1
+
+
 def test_delta_chains_stay_short_however_many_runs_extend_a_list(tmp_path):
     """Each run starts its chain of list deltas on the value it read; without a bound the chain - and the
     lookups to read the head - grows with the number of runs (123 statements here), not just log(steps)."""
