@@ -126,10 +126,17 @@ def open_sealed(serde, text: str, where: bytes) -> Any:
 
 
 def seal_metadata(serde, metadata: Mapping[str, Any], where: bytes) -> dict[str, Any]:
+    """Metadata as stored: with encryption on, every key outside CLEAR_METADATA sealed into SEALED. Without
+    it, metadata is stored as it is - unless a caller's own key is named SEALED: that one is sealed (plain
+    serialization), so it is not read back as sealed keys."""
     if not encrypted(serde):
-        return dict(metadata)
-    clear = {k: v for k, v in metadata.items() if k in CLEAR_METADATA}
-    private = {k: v for k, v in metadata.items() if k not in CLEAR_METADATA}
+        if SEALED not in metadata:
+            return dict(metadata)
+        clear = {k: v for k, v in metadata.items() if k != SEALED}
+        private = {SEALED: metadata[SEALED]}
+    else:
+        clear = {k: v for k, v in metadata.items() if k in CLEAR_METADATA}
+        private = {k: v for k, v in metadata.items() if k not in CLEAR_METADATA}
     if private:
         clear[SEALED] = sealed_text(serde, private, where)
     return clear
@@ -154,6 +161,8 @@ def reseal_metadata(serde, metadata: dict[str, Any], source: bytes, target: byte
 def split_filter(serde, filter: Mapping[str, Any] | None) -> tuple[dict | None, dict]:
     """(what SQL can filter on, what must be checked after unsealing the metadata)."""
     if not filter or not encrypted(serde):
+        if filter and SEALED in filter:  # a caller's key of that name is stored sealed (seal_metadata)
+            return {k: v for k, v in filter.items() if k != SEALED}, {SEALED: filter[SEALED]}
         return (dict(filter) if filter else filter), {}
     return ({k: v for k, v in filter.items() if k in CLEAR_METADATA},
             {k: v for k, v in filter.items() if k not in CLEAR_METADATA})
@@ -601,19 +610,26 @@ def unpack_writes(task_id: str, task_path: str, data: bytes) -> list[tuple]:
     return rows
 
 
+WRITE_PARAMS = 9  # write_params' parameters per write it stores
+
+
 def write_params(chains, serde, config: Mapping[str, Any], writes, task_id: str, task_path: str) -> tuple[list, bool]:
-    """The flat parameters of a put_writes for every backend's INSERT (nine per write), and whether every
-    write goes to a special channel (which decides between upsert and insert-if-absent)."""
+    """The flat parameters of a put_writes for every backend's INSERT (nine per write stored), and whether
+    every write goes to a special channel (which decides between upsert and insert-if-absent)."""
     configurable = config["configurable"]
     thread_id, ns = str(configurable["thread_id"]), str(configurable["checkpoint_ns"])
     checkpoint_id = str(configurable["checkpoint_id"])
     params: list = []
+    if special := all(channel in WRITES_IDX_MAP for channel, _ in writes):
+        # Upserted: a channel given twice is stored once, with its last value, as the official savers' one
+        # statement per write store it (one statement cannot change a row twice on Postgres).
+        writes = list({channel: (channel, value) for channel, value in writes}.values())
     for idx, (channel, value) in enumerate(writes):
         blob = chains.encode_write(inner_of(serde), thread_id, ns, channel, value)
         idx = WRITES_IDX_MAP.get(channel, idx)
         params += (thread_id, ns, checkpoint_id, task_id, task_path, idx, channel,
                    *seal(serde, blob.type, blob.data, context("write", thread_id, ns, checkpoint_id, task_id, idx)))
-    return params, all(w[0] in WRITES_IDX_MAP for w in writes)
+    return params, special
 
 
 def next_config(config: Mapping[str, Any], checkpoint: Mapping[str, Any]) -> dict:

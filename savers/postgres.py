@@ -43,6 +43,7 @@ from savers.compact import (
     packed_write_params,
     unseal_writes,
     write_params,
+    WRITE_PARAMS,
     DELTA,
     Chains,
     Decoder,
@@ -334,7 +335,7 @@ class _Rows:
         if (params := packed_write_params(self.chains, self.serde, config, writes, task_id, task_path)) is not None:
             return writes_sql(1, False), [*params, params[0], params[2]]
         params, special = write_params(self.chains, self.serde, config, writes, task_id, task_path)
-        return writes_sql(len(writes), special), [*params, params[0], params[2]]
+        return writes_sql(len(params) // WRITE_PARAMS, special), [*params, params[0], params[2]]
 
     @staticmethod
     def _refused(exc: psycopg.errors.UniqueViolation, config) -> Exception:

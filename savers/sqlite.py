@@ -39,6 +39,7 @@ from savers.compact import (
     packed_write_params,
     unseal_writes,
     write_params,
+    WRITE_PARAMS,
     DELTA,
     MSGPACK,
     Chains,
@@ -306,7 +307,7 @@ class _Rows:
         if (params := packed_write_params(self.chains, self.serde, config, writes, task_id, task_path)) is not None:
             return _insert_writes(1, False), [*params, params[0], params[2]]
         params, special = write_params(self.chains, self.serde, config, writes, task_id, task_path)
-        return _insert_writes(len(writes), special), [*params, params[0], params[2]]
+        return _insert_writes(len(params) // WRITE_PARAMS, special), [*params, params[0], params[2]]
 
     @staticmethod
     def _put_statement(row, metadata) -> tuple[str, tuple]:

@@ -606,6 +606,7 @@ def test_a_tasks_writes_are_one_row_and_read_back_as_written(db_url):
         ([("items", ["x"]), ("step", 4)], null_task),
         ([("items", ["x"]), ("step", 4), ("note", "appended")], null_task),
         ([("items", ["other"]), ("step", 5)], "task-1"),  # the task's writes were saved: nothing more
+        ([("__resume__", "first"), ("__resume__", "second")], "task-4"),  # the last wins (Postgres refused it)
     ]
     reference = InMemorySaver()
     with savers.open_saver(db_url) as saver:
@@ -618,8 +619,20 @@ def test_a_tasks_writes_are_one_row_and_read_back_as_written(db_url):
         expected = reference.get_tuple(head.config).pending_writes
         assert saver.get_tuple(head.config).pending_writes == expected
         assert [w for t in saver.list(config("t"), limit=1) for w in t.pending_writes] == expected
-    assert len(expected) == 9
-    assert [write_rows(db_url, "t", task) for task in ("task-1", "task-2", "task-3", null_task)] == [1, 1, 2, 3]
+    assert len(expected) == 10 and ("task-4", "__resume__", "second") in expected
+    assert [write_rows(db_url, "t", task) for task in ("task-1", "task-2", "task-3", null_task, "task-4")] == [1, 1, 2, 3, 1]
+
+
+def test_metadata_of_a_callers_own_named_like_the_sealed_keys_reads_back(db_url):
+    """With encryption on, metadata keys are sealed into one key, "sealed"; without it, a caller's own key of
+    that name holding a ':' was taken for sealed keys, and the checkpoint (and the list of its thread) could
+    not be read."""
+    metadata = {"source": "input", "step": -1, "sealed": "note: approved", "by": "ops"}
+    with savers.open_saver(db_url) as saver:
+        stored = saver.put(config("t", checkpoint_ns=""), empty_checkpoint(), metadata, {})
+        assert saver.get_tuple(stored).metadata == metadata
+        assert [t.metadata for t in saver.list(config("t"), filter={"sealed": "note: approved"})] == [metadata]
+        assert list(saver.list(config("t"), filter={"sealed": "note"})) == []
 
 
 # -- small ----------------------------------------------------------------------------------------------------
