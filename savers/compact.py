@@ -158,6 +158,15 @@ def reseal_metadata(serde, metadata: dict[str, Any], source: bytes, target: byte
     return seal_metadata(serde, unseal_metadata(serde, metadata, source), target)
 
 
+def copy_metadata(serde, metadata: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """copy_thread's `metadata`, checked: it is written into the copied rows as they are stored, so with
+    encryption on only keys kept in clear can be (a sealed key's old value would win on read, silently)."""
+    if metadata and encrypted(serde) and (sealed := sorted(set(metadata) - CLEAR_METADATA)):
+        raise ValueError(f"copy_thread cannot add metadata {sealed} with encryption on: only "
+                         f"{sorted(CLEAR_METADATA)} are stored in clear")
+    return metadata
+
+
 def split_filter(serde, filter: Mapping[str, Any] | None) -> tuple[dict | None, dict]:
     """(what SQL can filter on, what must be checked after unsealing the metadata)."""
     if not filter or not encrypted(serde):

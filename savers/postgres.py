@@ -51,6 +51,7 @@ from savers.compact import (
     delta_base,
     inner_of,
     context,
+    copy_metadata,
     dump,
     encrypted,
     open_sealed,
@@ -643,6 +644,7 @@ class Postgres(_Rows, PostgresSaver):
         checkpoints under them, and the values they store. Checkpoint ids stay the same; `metadata` is
         added to every copied checkpoint's (e.g. branch_of), in one transaction with the copy."""
         params = {"source": str(source_thread_id), "target": str(target_thread_id), "up_to": up_to}
+        metadata = copy_metadata(self.serde, metadata)
         with self._transaction() as cur:
             if cur.execute(EXISTS_THREAD_SQL, (params["target"],)).fetchone():
                 raise target_exists(params["target"])
@@ -826,6 +828,7 @@ class AsyncPostgres(SyncWrappers, _Rows, AsyncPostgresSaver):
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str, *, up_to: str | None = None,
                            metadata: dict | None = None) -> None:
         params = {"source": str(source_thread_id), "target": str(target_thread_id), "up_to": up_to}
+        metadata = copy_metadata(self.serde, metadata)
         async with self._transaction() as cur:
             if await (await cur.execute(EXISTS_THREAD_SQL, (params["target"],))).fetchone():
                 raise target_exists(params["target"])

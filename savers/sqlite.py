@@ -53,6 +53,7 @@ from savers.compact import (
     pack_versions,
     seal,
     context,
+    copy_metadata,
     dump,
     encrypted,
     load,
@@ -508,6 +509,7 @@ class _Rows:
             yield sql, (runs,), False
 
     def _copy_plan(self, source: str, target: str, up_to: str | None, metadata: dict | None) -> Plan:
+        metadata = copy_metadata(self.serde, metadata)
         if (yield EXISTS_THREAD, (target,), False):
             raise target_exists(target)
         yield REVIVE, (target,), False

@@ -224,3 +224,18 @@ def test_an_encrypted_value_copied_to_another_row_fails_to_decrypt(db_url, monke
         assert agent.result("t1").answer == "7006743"  # the original rows still read
         with pytest.raises(StorageError, match="copied from another row"):
             agent.history("t2")
+
+
+def test_with_encryption_a_copy_refuses_metadata_it_could_not_store_in_clear(db_url, monkeypatch):
+    """copy_thread(metadata=...) writes the keys into the copied rows as stored: with encryption on, a key
+    that is sealed (any but the few kept in clear, such as branch_of) was silently lost - the copy's sealed
+    metadata, the source's, won on read. Now it is refused, and nothing is copied."""
+    monkeypatch.setenv("AGENT_ENCRYPTION_KEY", KEY)
+    with Agent(db=db_url) as agent:
+        agent.reason(QUESTION, thread="t1")
+        saver = agent._core.saver
+        with pytest.raises(ValueError, match=r"cannot add metadata \['note'\] with encryption on"):
+            saver.copy_thread("t1", "c1", metadata={"note": "mine", "branch_of": "t1"})
+        assert agent.threads() and saver.get_tuple({"configurable": {"thread_id": "c1", "checkpoint_ns": ""}}) is None
+        saver.copy_thread("t1", "c2", metadata={"branch_of": "t1"})
+        assert {t.metadata["branch_of"] for t in saver.list({"configurable": {"thread_id": "c2"}})} == {"t1"}
