@@ -460,6 +460,7 @@ class Chains:
         with self._guard:
             self._threads.pop((thread_id, ns), None)
 
+
 def delta_base(type_: str, data: bytes) -> str | None:
     """The key of the value a stored value extends, if it is a delta (to fetch it before decoding)."""
     return str(ormsgpack.unpackb(data)[0]) if type_ == DELTA else None
