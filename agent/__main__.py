@@ -6,6 +6,7 @@ Exit codes: 0 ok, 1 run failed (resumable), 2 bad input or usage, 130 interrupte
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import signal
@@ -793,6 +794,19 @@ def ui(
         return 0
 
     _guard(debug, body)
+
+
+def _reflow(doc: str | None) -> str | None:
+    """A docstring as help text: each paragraph on one line, for the terminal to wrap. (Typer joins the lines
+    of a command's first paragraph but, since 0.29, keeps the source's line breaks in the others, which then
+    show as ragged lines wherever they fall.)"""
+    if not doc:
+        return doc
+    return "\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(doc).split("\n\n"))
+
+
+for _command in app.registered_commands:
+    _command.help = _reflow(_command.help or _command.callback.__doc__)
 
 
 def main() -> None:

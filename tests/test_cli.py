@@ -156,3 +156,7 @@ def test_help_is_written_for_people(cli):
     for command in ("reason", "resume"):
         assert command in result.stdout
     assert "--new" in cli("reason", "--help").stdout
+    # Each paragraph of a command's help is wrapped by the terminal, not broken where the docstring's lines
+    # end (typer keeps those since 0.29): on a wide terminal the paragraph is one line.
+    wide = cli("fork", "--help", env={"COLUMNS": "250"}).stdout
+    assert "(edit plan.2 and step 2 onward runs again); requests that did not change are answered" in wide
