@@ -58,7 +58,7 @@ def context(kind: str, *where: Any) -> bytes:
     encrypted value moved to another row (another thread, checkpoint, channel, task) does not decrypt.
     Kinds: checkpoint and metadata (thread, ns, checkpoint id), write (thread, ns, checkpoint id, task id,
     idx), value (thread, ns, channel, key), reply (cache key)."""
-    return "\x1f".join((kind, *(str(w) for w in where))).encode()
+    return "\x1f".join(map(str, (kind, *where))).encode()
 
 
 def seal(serde, type_: str, data: bytes, where: bytes = b"") -> tuple[str, bytes]:
@@ -231,9 +231,10 @@ def _unpack_version(version: Any) -> Any:
 
 def pack_versions(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
     """A shallow copy of a checkpoint with its channel versions packed (unpack_versions restores them)."""
+    known = _PACKED.get  # a version packed before (always a non-empty str or list); else _pack_version
     return {**checkpoint,
-            "channel_versions": {c: _pack_version(v) for c, v in checkpoint["channel_versions"].items()},
-            "versions_seen": {node: {c: _pack_version(v) for c, v in seen.items()}
+            "channel_versions": {c: known(v) or _pack_version(v) for c, v in checkpoint["channel_versions"].items()},
+            "versions_seen": {node: {c: known(v) or _pack_version(v) for c, v in seen.items()}
                               for node, seen in checkpoint["versions_seen"].items()}}
 
 
@@ -382,13 +383,14 @@ class Chains:
             encoded.known[(channel, version)] = key
         return encoded
 
-    def encode_write(self, serde, thread_id: str, ns: str, channel: str, value: Any) -> Blob:
-        """A node's write: a delta against the channel's newest list when it extends it."""
-        type_, data = serde.dumps_typed(value)
-        entry = self._thread(thread_id, ns)
-        tip = entry.tips.get(channel) if entry is not None else None
-        blob, _ = self._maybe_delta(tip, value, type_, data, None, fenwick=False)
-        return blob
+    def encode_writes(self, serde, thread_id: str, ns: str, writes: Iterable[tuple[str, Any]]) -> list[Blob]:
+        """A node's writes: each a delta against the channel's newest list when it extends it."""
+        tips = entry.tips if (entry := self._thread(thread_id, ns)) is not None else {}
+        blobs = []
+        for channel, value in writes:
+            type_, data = serde.dumps_typed(value)
+            blobs.append(self._maybe_delta(tips.get(channel), value, type_, data, None, fenwick=False)[0])
+        return blobs
 
     def _maybe_delta(self, tip: _Tip | None, value: Any, type_: str, data: bytes, key: str | None,
                      *, fenwick: bool) -> tuple[Blob, _Tip | None]:
@@ -583,9 +585,8 @@ def packed_write_params(chains, serde, config: Mapping[str, Any], writes, task_i
     configurable = config["configurable"]
     thread_id, ns = str(configurable["thread_id"]), str(configurable["checkpoint_ns"])
     checkpoint_id = str(configurable["checkpoint_id"])
-    inner = inner_of(serde)
-    entries = [[channel, (blob := chains.encode_write(inner, thread_id, ns, channel, value)).type, blob.data]
-               for channel, value in writes]
+    entries = [[channel, blob.type, blob.data]
+               for (channel, _), blob in zip(writes, chains.encode_writes(inner_of(serde), thread_id, ns, writes))]
     return [thread_id, ns, checkpoint_id, task_id, task_path, PACKED_IDX, PACKED_CHANNEL,
             *seal(serde, PACKED, ormsgpack.packb(entries),
                   context("write", thread_id, ns, checkpoint_id, task_id, PACKED_IDX))]
@@ -634,8 +635,7 @@ def write_params(chains, serde, config: Mapping[str, Any], writes, task_id: str,
         # Upserted: a channel given twice is stored once, with its last value, as the official savers' one
         # statement per write store it (one statement cannot change a row twice on Postgres).
         writes = list({channel: (channel, value) for channel, value in writes}.values())
-    for idx, (channel, value) in enumerate(writes):
-        blob = chains.encode_write(inner_of(serde), thread_id, ns, channel, value)
+    for idx, ((channel, _), blob) in enumerate(zip(writes, chains.encode_writes(inner_of(serde), thread_id, ns, writes))):
         idx = WRITES_IDX_MAP.get(channel, idx)
         params += (thread_id, ns, checkpoint_id, task_id, task_path, idx, channel,
                    *seal(serde, blob.type, blob.data, context("write", thread_id, ns, checkpoint_id, task_id, idx)))
