@@ -174,7 +174,7 @@ async def acheckpoint_links(saver, thread: str) -> dict[str, str | None]:
 
 def file_bytes(path: str | None) -> int | None:
     """Bytes a SQLite database takes on disk: its file and its WAL, where commits wait until they are copied
-    back (savers.sqlite.WAL_AUTOCHECKPOINT_PAGES: up to ~16 MB)."""
+    back (savers.sqlite.WalCopier, WAL_KEEP_BYTES: ~16 MB at most while a run writes)."""
     if path is None:
         return None
     wal = Path(f"{path}-wal")
