@@ -40,6 +40,8 @@ from graphs import prompts  # noqa: E402
 from graphs.cot import build_graph, fresh_state  # noqa: E402
 
 BASELINE = "InMemorySaver (stock)"
+# Issue 5's goals: ratio to InMemorySaver, measured in one run on the same graph.
+GOALS = {"ours sqlite": 1.25, "ours async sqlite": 1.25, "ours postgres": 1.6, "ours async postgres": 1.6}
 QUESTION = "What is the product of the first numbers, step by step?"
 
 
@@ -162,7 +164,7 @@ def sync_savers(stack: ExitStack, pg: Postgres | None, workdir: Path) -> dict:
 
 def bench_time(pg: Postgres | None, rounds: int, threads: int, steps: int, workdir: Path) -> dict[str, tuple]:
     """Per saver: (ms/step over all rounds, its ratio to InMemorySaver's, (median, lower and upper quartile)
-    over rounds of its ratio to InMemorySaver in the same round). Savers take turns in a shuffled order within
+    over rounds of its ratio to InMemorySaver in the same round, a 95% interval of the ratio over all rounds). Savers take turns in a shuffled order within
     each round, so load from elsewhere on the machine hits them alike; the ratio within a round is the robust
     number, and the ratio over all rounds the one that counts work done in bursts (SQLite copies its WAL back
     every few hundred steps: a round with such a copy takes longer, and a median of rounds leaves it out)."""
@@ -187,7 +189,8 @@ def _rounds(found: dict, rounds: int, run, threads: int) -> dict[str, tuple]:
               file=sys.stderr)
     base = times.get(BASELINE)
     return {name: (statistics.mean(v), statistics.mean(v) / statistics.mean(base) if base else None,
-                   _spread([t / b for t, b in zip(v, base)]) if base else None) for name, v in times.items()}
+                   _spread([t / b for t, b in zip(v, base)]) if base else None,
+                   _interval(v, base) if base else None) for name, v in times.items()}
 
 
 def _spread(ratios: list[float]) -> tuple[float, float, float]:
@@ -196,6 +199,30 @@ def _spread(ratios: list[float]) -> tuple[float, float, float]:
         return statistics.median(ratios), min(ratios), max(ratios)
     low, _, high = statistics.quantiles(ratios, n=4)
     return statistics.median(ratios), low, high
+
+
+def _interval(times: list[float], base: list[float], resamples: int = 2000) -> tuple[float, float]:
+    """A 95% interval of the ratio over all rounds (mean time over InMemorySaver's mean time), by resampling
+    whole rounds with replacement: a round keeps its saver's and InMemorySaver's times together, so load that
+    hit both in one round stays paired. With the goals it says whether a run met one, missed it, or cannot
+    tell (the interval straddles the goal): a single run's ratio moves by about 0.1 on a shared VM."""
+    draw = random.Random(11).choices
+    rounds = range(len(times))
+    ratios = sorted(sum(times[i] for i in picked) / sum(base[i] for i in picked)
+                    for picked in (draw(rounds, k=len(times)) for _ in range(resamples)))
+    return ratios[int(0.025 * resamples)], ratios[int(0.975 * resamples) - 1]
+
+
+def verdict(name: str, interval: tuple[float, float] | None) -> str:
+    """Whether a saver with a goal (GOALS) met it in this run, by its interval."""
+    goal = GOALS.get(name)
+    if goal is None or interval is None:
+        return "-"
+    if interval[1] <= goal:
+        return f"met (<= {goal})"
+    if interval[0] > goal:
+        return f"missed (> {goal})"
+    return f"undecided ({goal} inside)"
 
 
 def bench_async_time(pg: Postgres | None, rounds: int, threads: int, steps: int, workdir: Path) -> dict[str, float]:
@@ -321,13 +348,14 @@ def machine() -> str:
 
 def report_time(title: str, times: dict[str, tuple]) -> None:
     print(f"\n{title}\n")
-    print("| saver | ms per step | × InMemorySaver | median round | middle half of rounds |")
-    print("| --- | ---: | ---: | ---: | ---: |")
-    for name, (ms, overall, ratio) in times.items():
+    print("| saver | ms per step | × InMemorySaver | 95% interval | goal | median round | middle half of rounds |")
+    print("| --- | ---: | ---: | ---: | --- | ---: | ---: |")
+    for name, (ms, overall, ratio, interval) in times.items():
         if ratio is None:
-            print(f"| {name} | {ms:.2f} | - | - | - |")
+            print(f"| {name} | {ms:.2f} | - | - | - | - | - |")
         else:
-            print(f"| {name} | {ms:.2f} | {overall:.2f} | {ratio[0]:.2f} | {ratio[1]:.2f}-{ratio[2]:.2f} |")
+            print(f"| {name} | {ms:.2f} | {overall:.2f} | {interval[0]:.2f}-{interval[1]:.2f} | "
+                  f"{verdict(name, interval)} | {ratio[0]:.2f} | {ratio[1]:.2f}-{ratio[2]:.2f} |")
 
 
 def report_size(sizes: dict[str, dict[int, float]], lengths: list[int], total: int) -> None:
