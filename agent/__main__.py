@@ -18,6 +18,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from agent.errors import AgentError, BadInput
+from agent.history import counted
 
 EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
 
@@ -130,14 +131,14 @@ class _Progress:
             self._print(event)
 
     def where(self) -> str:
-        position = f"after {self.done} of {len(self.plan)} steps" if self.plan else "before the plan was made"
+        position = f"after {self.done} of {counted(len(self.plan), 'step')}" if self.plan else "before the plan was made"
         return f"{position} (next: {self.next})"
 
     def _print(self, event) -> None:
         out = self.out
         if event.kind == "resume":
             out.print(f"[dim]{self.verb} from checkpoint {event.result[:13]}: "
-                      f"{event.number} of {len(event.steps)} steps already done, not run again.[/]")
+                      f"{event.number} of {counted(len(event.steps), 'step')} already done, not run again.[/]")
             for number, step in enumerate(event.steps, 1):
                 mark = "✓" if number <= event.number else " "
                 out.print(f"  {mark} {number}. {step}", markup=False)
@@ -189,7 +190,7 @@ def _report(result, settings, as_json: bool) -> int:
         usage = result.usage
         cached = f" (+{usage.cached_calls} from cache)" if usage.cached_calls else ""
         out.print(f"[dim]thread {_escape(result.thread_id)} · {result.status} · "
-                  f"{usage.llm_calls} model calls{cached}, "
+                  f"{counted(usage.llm_calls, 'model call')}{cached}, "
                   f"{usage.input_tokens} in / {usage.output_tokens} out tokens, {dollars(usage.cost_usd)} · "
                   f"checkpoint {(result.checkpoint_id or '-')[:13]}[/]")
     if result.status == "done":
@@ -496,7 +497,7 @@ def branch(
             _print_json(made.to_dict())
         else:
             _console().print(f"Thread [bold]{escape_markup(made.thread_id)}[/] made from {escape_markup(thread)} "
-                             f"up to checkpoint {made.head[:13]} ({made.checkpoints} checkpoints, status "
+                             f"up to checkpoint {made.head[:13]} ({counted(made.checkpoints, 'checkpoint')}, status "
                              f"{made.status}). Continue it with: python -m agent resume --thread {made.thread_id}")
 
     _read(db, debug, body)
@@ -599,7 +600,7 @@ def delete(
         if not yes:
             if not sys.stdin.isatty():
                 raise BadInput("delete needs --yes when not run from a terminal")
-            if not typer.confirm(f"Delete thread {thread} ({len(agent.history(thread))} checkpoints, "
+            if not typer.confirm(f"Delete thread {thread} ({counted(len(agent.history(thread)), 'checkpoint')}, "
                                  f"question \"{info.question}\")? This cannot be undone"):
                 raise typer.Exit(1)
         agent.delete(thread)
@@ -657,8 +658,8 @@ def export_command(
             _console(stderr=True).print("note: the database is encrypted, the export is not: keep the file as safe "
                                         "as the key", markup=False)
         if output is not None:
-            _console(stderr=True).print(f"Exported {len(report.threads)} threads, {report.checkpoints} checkpoints "
-                                        f"and {report.writes} writes to {output}.", markup=False)
+            _console(stderr=True).print(f"Exported {counted(len(report.threads), 'thread')}, {counted(report.checkpoints, 'checkpoint')} "
+                                        f"and {counted(report.writes, 'write')} to {output}.", markup=False)
 
     _read(db, debug, body)
 
@@ -685,8 +686,8 @@ def import_command(
         if as_json:
             _print_json(report.to_dict())
         else:
-            _console().print(f"Imported {len(report.threads)} threads ({', '.join(report.threads)}), "
-                             f"{report.checkpoints} checkpoints, {report.writes} writes"
+            _console().print(f"Imported {counted(len(report.threads), 'thread')} ({', '.join(report.threads)}), "
+                             f"{counted(report.checkpoints, 'checkpoint')}, {counted(report.writes, 'write')}"
                              + (f"; replaced {', '.join(report.replaced)}" if report.replaced else "") + ".",
                              markup=False)
         return 0
@@ -714,8 +715,8 @@ def migrate(
         if as_json:
             _print_json(report.to_dict())
         else:
-            _console().print(f"Copied {len(report.threads)} threads, {report.checkpoints} checkpoints and "
-                             f"{report.writes} writes.", markup=False)
+            _console().print(f"Copied {counted(len(report.threads), 'thread')}, {counted(report.checkpoints, 'checkpoint')} and "
+                             f"{counted(report.writes, 'write')}.", markup=False)
         return 0
 
     _guard(debug, body)
@@ -752,7 +753,7 @@ def prune(
             return
         out = _console()
         verb = "Would remove" if dry_run else "Removed"
-        out.print(f"{verb} {report.checkpoints} checkpoints from {len(report.removed)} threads "
+        out.print(f"{verb} {counted(report.checkpoints, 'checkpoint')} from {counted(len(report.removed), 'thread')} "
                   f"(about {report.bytes_freed / 1024:.0f} KiB of checkpoint data).", markup=False)
         if report.file_bytes_before is not None and not dry_run:
             out.print(f"Database file and WAL: {report.file_bytes_before / 1024:.0f} KiB -> "

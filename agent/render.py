@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
-from agent.history import CheckpointInfo, shortest_unique
+from agent.history import CheckpointInfo, counted, shortest_unique
 
 EMPTY = "—"
 
@@ -41,7 +41,7 @@ STATUS_STYLE = {"done": "green", "interrupted": "yellow", "failed": "red", "runn
 
 
 def threads_table(threads) -> Table:
-    table = Table(title=f"{len(threads)} threads", title_justify="left", expand=False)
+    table = Table(title=counted(len(threads), "thread"), title_justify="left", expand=False)
     numbers = ("checkpoints", "branches", "model calls", "spend")
     for column in ("thread", "status", "question", "answer", *numbers, "updated"):
         table.add_column(column, no_wrap=column not in ("question", "answer"), min_width=8,
@@ -123,7 +123,7 @@ def state_lines(view) -> list[str]:
         f"[bold]Answer:[/] {_text(values.get('answer'))}",
         f"[bold]Validation:[/] {verdict}",
         f"[bold]Revisions:[/] {values.get('revisions', 0)}",
-        f"[bold]Usage:[/] {usage.llm_calls} model calls ({usage.cached_calls} from cache), "
+        f"[bold]Usage:[/] {counted(usage.llm_calls, 'model call')} ({usage.cached_calls} from cache), "
         f"{usage.input_tokens} in / {usage.output_tokens} out tokens, {dollars(usage.cost_usd)}",
         f"[bold]Status:[/] [{STATUS_STYLE.get(result.status, '')}]{result.status}[/]"
         + (f" · {escape(result.error)}" if result.error else ""),

@@ -268,6 +268,10 @@ def test_export_and_import_on_the_command_line(cli, tmp_path):
     assert cli("reason", QUESTION, "--thread", "t1").returncode == 0
     exported = cli("export", "-o", "backup.jsonl")
     assert exported.returncode == 0 and (tmp_path / "backup.jsonl").is_file()
+    # Counts read as words: "1 thread", not "1 threads".
+    assert "Exported 1 thread, " in exported.stderr and cli("threads").stdout.splitlines()[0].strip() == "1 thread"
+    copied = cli("import", "backup.jsonl", "--db", "sqlite:///other.db")
+    assert copied.returncode == 0 and copied.stdout.startswith("Imported 1 thread (t1), "), copied.stdout
     imported = cli("import", "backup.jsonl", "--db", "sqlite:///copy.db", "--json")
     assert imported.returncode == 0 and json.loads(imported.stdout)["threads"] == ["t1"]
     again = cli("import", "backup.jsonl", "--db", "sqlite:///copy.db")

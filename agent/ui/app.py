@@ -20,7 +20,7 @@ from starlette.templating import Jinja2Templates
 
 from agent.api import AsyncAgent
 from agent.errors import AgentError, BadInput, CheckpointNotFound, ThreadExists, ThreadNotFound
-from agent.history import SHORT_ID, parse_assignment
+from agent.history import SHORT_ID, counted, parse_assignment
 from agent.ui import sidebyside, views
 from agent.ui.lanes import split_lines
 from agent.ui.runs import Runs, sse
@@ -124,7 +124,7 @@ def create_app(agent: AsyncAgent, *, write: bool = False, token: str | None = No
     csrf = secrets.token_urlsafe(24)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     env = templates.env
-    env.globals.update(short=_short, when=_when, money=_money, tokens=_tokens, as_json=_json, dumps=dumps,
+    env.globals.update(short=_short, counted=counted, when=_when, money=_money, tokens=_tokens, as_json=_json, dumps=dumps,
                        write=write, csrf=csrf, db_label=db_label, kinds=views.KINDS, nodes=views.NODES,
                        spent=views.spent, usage_of=views.usage_of, urlencode=urlencode, page_size=PAGE_SIZE)
 

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from agent.errors import AgentError
+from agent.history import counted
 
 # A finished run's events stay this many runs, so a page that reconnects late still gets the end.
 KEEP_FINISHED = 100
@@ -56,7 +57,7 @@ def describe(event) -> dict[str, Any]:
     data = {k: v for k, v in asdict(event).items() if v not in (None, "", [], 0, 0.0) and k != "kind"}
     data["event"] = event.kind
     if event.kind == "resume":
-        text = f"continuing from checkpoint {event.result[:13]}: {event.number} of {len(event.steps)} steps done"
+        text = f"continuing from checkpoint {event.result[:13]}: {event.number} of {counted(len(event.steps), 'step')} done"
     elif event.kind == "plan":
         text = ("plan" if not event.revision else f"plan (revision {event.revision})") + ": " + \
             ("; ".join(f"{n}. {s}" for n, s in enumerate(event.steps, 1)) or "no steps")
