@@ -310,17 +310,27 @@ def _read(db: str | None, debug: bool, body: Callable[[Any], None]) -> None:
 
 
 @app.command()
-def threads(db: Db = None, as_json: Json = False, debug: Debug = False) -> None:
-    """List every thread: status, question, answer, checkpoints, branches, last update."""
+def threads(
+    limit: Annotated[Optional[int], typer.Option(
+        "--limit", "-n", help="Show only the N threads updated last (only those are read: quick on a database "
+                              "of many threads).", show_default=False)] = None,
+    db: Db = None,
+    as_json: Json = False,
+    debug: Debug = False,
+) -> None:
+    """List every thread: status, question, answer, checkpoints, branches, last update.
+
+    Updated last first. --json prints a list of objects (thread_id, status, question, answer, updated_at,
+    checkpoints, branches, head, usage, error)."""
 
     def body(agent) -> None:
         from agent.render import threads_table
 
-        found = agent.threads()
+        found = agent.threads(limit=limit)
         if as_json:
             _print_json([t.to_dict() for t in found])
         else:
-            _console().print(threads_table(found))
+            _console().print(threads_table(found, limited=limit is not None and len(found) == limit))
 
     _read(db, debug, body)
 

@@ -40,8 +40,10 @@ STATUS_STYLE = {"done": "green", "interrupted": "yellow", "failed": "red", "runn
                 "budget_exceeded": "magenta"}
 
 
-def threads_table(threads) -> Table:
-    table = Table(title=counted(len(threads), "thread"), title_justify="left", expand=False)
+def threads_table(threads, *, limited: bool = False) -> Table:
+    """`limited`: a --limit cut the list short (there may be more threads)."""
+    title = f"the {counted(len(threads), 'thread')} updated last" if limited else counted(len(threads), "thread")
+    table = Table(title=title, title_justify="left", expand=False)
     numbers = ("checkpoints", "branches", "model calls", "spend")
     for column in ("thread", "status", "question", "answer", *numbers, "updated"):
         table.add_column(column, no_wrap=column not in ("question", "answer"), min_width=8,

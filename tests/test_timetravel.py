@@ -155,12 +155,12 @@ def test_async_agent_time_travels_the_same_way(db_url, llm):
             made = await agent.branch("a", rows[3].checkpoint_id, "b")
             diff = await agent.diff("a", rows[3].checkpoint_id, to_thread="b")
             view = await agent.state("a", rows[3].checkpoint_id[:18])
-            return forked, made, diff, view, await agent.threads()
+            return forked, made, diff, view, await agent.threads(), await agent.threads(limit=1)
 
-    forked, made, diff, view, threads = asyncio.run(main())
+    forked, made, diff, view, threads, newest = asyncio.run(main())
     assert forked.answer == "20" and made.status == "interrupted" and diff.changes == []
     assert view.checkpoint.node == "execute" and view.result.steps[0].result == "6"
-    assert sorted(t.thread_id for t in threads) == ["a", "b"]
+    assert sorted(t.thread_id for t in threads) == ["a", "b"] and newest == threads[:1]
     assert len(llm.requests) == 6 + 4
 
 
@@ -207,6 +207,15 @@ def test_cli_time_travel_session(run, llm):
 
     threads = json.loads(run("threads", "--json").stdout)
     assert {t["thread_id"]: t["branches"] for t in threads} == {"t1": 2, "t2": 0}
+    # --limit: the threads updated last (t2, resumed after t1's last run), and only they are read.
+    newest = run("threads", "--limit", "1")
+    assert newest.stdout.splitlines()[0].strip() == "the 1 thread updated last" and "t2" in newest.stdout
+    assert "t1" not in newest.stdout.split("\n", 1)[1]
+    assert [t["thread_id"] for t in json.loads(run("threads", "-n", "1", "--json").stdout)] == ["t2"]
+    assert [t["thread_id"] for t in json.loads(run("threads", "-n", "5", "--json").stdout)] == ["t2", "t1"]
+    refused = run("threads", "--limit", "0")
+    assert refused.returncode == 2 and refused.stderr.strip() == ("error: --limit 0 shows nothing: give 1 or more, "
+                                                                  "or leave it out for every thread")
 
 
 def test_cli_bad_time_travel_input_is_one_line_and_changes_nothing(run, llm):
