@@ -110,7 +110,16 @@ PRAGMAS = (
 # can take ~40 ms). Nor does the sync saver's connection: for both, every INLINE_CHECKPOINT_COMMITS of these
 # commits (~3-4 pages each, so about SQLite's own 4,000-page interval above) a WalCopier's thread copies it
 # back while the saver goes on writing.
-INLINE_PRAGMAS = ("PRAGMA synchronous=NORMAL", "PRAGMA wal_autocheckpoint=0",
+#
+# Unless the WAL outgrows INLINE_AUTOCHECKPOINT_PAGES: then these connections copy it back after each commit,
+# as SQLite's autocheckpoint does. The copier cannot hold off another process's writes, so with two processes
+# writing at once its copies rarely leave the WAL all copied, and only a WAL all copied starts over: it grew
+# without bound (2 processes running bench/savers.py's graph on one file: 432 MB after 40 s, against 16 MB with
+# SQLite's autocheckpoint). Past that size every commit copies back what the last copy left, a few pages, so
+# one soon leaves none and the WAL starts over - SQLite's own way out, at 4x the size the copier keeps it under
+# when alone (tests/test_savers.py).
+INLINE_AUTOCHECKPOINT_PAGES = 4 * WAL_AUTOCHECKPOINT_PAGES
+INLINE_PRAGMAS = ("PRAGMA synchronous=NORMAL", f"PRAGMA wal_autocheckpoint={INLINE_AUTOCHECKPOINT_PAGES}",
                   f"PRAGMA journal_size_limit={WAL_KEEP_BYTES}")
 INLINE_CHECKPOINT_COMMITS = 1_000
 
@@ -1035,7 +1044,7 @@ def open_sqlite(path: str, create: bool = True, options: SaverOptions | None = N
             saver.setup()
             saver.serde = run_plan(serde_plan(options or SaverOptions(), absolute),
                                    lambda sql, params: conn.execute(sql, params).fetchall())
-            conn.execute("PRAGMA wal_autocheckpoint=0")
+            conn.execute(f"PRAGMA wal_autocheckpoint={INLINE_AUTOCHECKPOINT_PAGES}")
             copier = saver.copier = WalCopier(absolute, saver.lock)
         except sqlite3.Error as exc:
             raise _storage_error(path, exc) from exc
