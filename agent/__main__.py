@@ -131,7 +131,8 @@ class _Progress:
             self._print(event)
 
     def where(self) -> str:
-        position = f"after {self.done} of {counted(len(self.plan), 'step')}" if self.plan else "before the plan was made"
+        position = (f"after {self.done} of {counted(len(self.plan), 'step')}" if self.plan
+                    else "before the plan was made")
         return f"{position} (next: {self.next})"
 
     def _print(self, event) -> None:
@@ -668,8 +669,9 @@ def export_command(
             _console(stderr=True).print("note: the database is encrypted, the export is not: keep the file as safe "
                                         "as the key", markup=False)
         if output is not None:
-            _console(stderr=True).print(f"Exported {counted(len(report.threads), 'thread')}, {counted(report.checkpoints, 'checkpoint')} "
-                                        f"and {counted(report.writes, 'write')} to {output}.", markup=False)
+            _console(stderr=True).print(f"Exported {counted(len(report.threads), 'thread')}, "
+                                        f"{counted(report.checkpoints, 'checkpoint')} and "
+                                        f"{counted(report.writes, 'write')} to {output}.", markup=False)
 
     _read(db, debug, body)
 
@@ -725,8 +727,9 @@ def migrate(
         if as_json:
             _print_json(report.to_dict())
         else:
-            _console().print(f"Copied {counted(len(report.threads), 'thread')}, {counted(report.checkpoints, 'checkpoint')} and "
-                             f"{counted(report.writes, 'write')}.", markup=False)
+            _console().print(f"Copied {counted(len(report.threads), 'thread')}, "
+                             f"{counted(report.checkpoints, 'checkpoint')} and {counted(report.writes, 'write')}.",
+                             markup=False)
         return 0
 
     _guard(debug, body)

@@ -20,6 +20,7 @@ def counted(n: int, noun: str) -> str:
     """A count with its noun, singular for one: "1 thread", "0 threads", "2 model calls"."""
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
+
 SHORT_ID = 13  # "1f1e71e4-3875": LangGraph ids share a time prefix, and differ from about here on
 
 
@@ -85,7 +86,8 @@ def summarize(node: str, old: dict, new: dict) -> str:
         if top in ("usage", "draft"):
             continue  # usage moves every step; the draft repeats the last result
         if node == "analyze" and top in ("plan", "results", "validation"):
-            part = f"plan: {counted(len(new.get('plan', [])), 'step')}"  # a new plan clears the old results; say only that
+            # A new plan clears the old results: say only that.
+            part = f"plan: {counted(len(new.get('plan', [])), 'step')}"
         elif top == "results" and change.kind == "added" and "." in change.path:
             part = f"step {change.path.split('.')[1]} → {_short(change.new, 30)}"
         elif top == "validation":

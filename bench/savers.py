@@ -164,10 +164,11 @@ def sync_savers(stack: ExitStack, pg: Postgres | None, workdir: Path) -> dict:
 
 def bench_time(pg: Postgres | None, rounds: int, threads: int, steps: int, workdir: Path) -> dict[str, tuple]:
     """Per saver: (ms/step over all rounds, its ratio to InMemorySaver's, (median, lower and upper quartile)
-    over rounds of its ratio to InMemorySaver in the same round, a 95% interval of the ratio over all rounds). Savers take turns in a shuffled order within
-    each round, so load from elsewhere on the machine hits them alike; the ratio within a round is the robust
-    number, and the ratio over all rounds the one that counts work done in bursts (SQLite copies its WAL back
-    every few hundred steps: a round with such a copy takes longer, and a median of rounds leaves it out)."""
+    over rounds of its ratio to InMemorySaver in the same round, a 95% interval of the ratio over all
+    rounds). Savers take turns in a shuffled order within each round, so load from elsewhere on the machine
+    hits them alike; the ratio within a round is the robust number, and the ratio over all rounds the one that
+    counts work done in bursts (SQLite copies its WAL back every few hundred steps: a round with such a copy
+    takes longer, and a median of rounds leaves it out)."""
     with ExitStack() as stack:
         found = sync_savers(stack, pg, workdir)
         graphs = {name: compiled(saver, steps) for name, saver in found.items()}

@@ -600,7 +600,8 @@ def test_sqlite_wal_starts_over_while_two_processes_write(tmp_path, writer):
     assert [w.returncode for w in writers] == [0, 0]
     with savers.open_saver(f"sqlite:///{path}") as saver:
         for i in range(2):
-            assert len(saver.get_tuple({"configurable": {"thread_id": f"t{i}", "checkpoint_ns": ""}}).pending_writes) == 8_000
+            head = saver.get_tuple({"configurable": {"thread_id": f"t{i}", "checkpoint_ns": ""}})
+            assert len(head.pending_writes) == 8_000
     assert peak < 2 * INLINE_AUTOCHECKPOINT_PAGES * 4096, peak
 
 

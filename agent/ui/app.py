@@ -124,8 +124,8 @@ def create_app(agent: AsyncAgent, *, write: bool = False, token: str | None = No
     csrf = secrets.token_urlsafe(24)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     env = templates.env
-    env.globals.update(short=_short, counted=counted, when=_when, money=_money, tokens=_tokens, as_json=_json, dumps=dumps,
-                       write=write, csrf=csrf, db_label=db_label, kinds=views.KINDS, nodes=views.NODES,
+    env.globals.update(short=_short, counted=counted, when=_when, money=_money, tokens=_tokens, as_json=_json,
+                       dumps=dumps, write=write, csrf=csrf, db_label=db_label, kinds=views.KINDS, nodes=views.NODES,
                        spent=views.spent, usage_of=views.usage_of, urlencode=urlencode, page_size=PAGE_SIZE)
 
     def render(request: Request, name: str, code: int = 200, **context: Any) -> HTMLResponse:

@@ -57,7 +57,8 @@ def describe(event) -> dict[str, Any]:
     data = {k: v for k, v in asdict(event).items() if v not in (None, "", [], 0, 0.0) and k != "kind"}
     data["event"] = event.kind
     if event.kind == "resume":
-        text = f"continuing from checkpoint {event.result[:13]}: {event.number} of {counted(len(event.steps), 'step')} done"
+        text = (f"continuing from checkpoint {event.result[:13]}: "
+                f"{event.number} of {counted(len(event.steps), 'step')} done")
     elif event.kind == "plan":
         text = ("plan" if not event.revision else f"plan (revision {event.revision})") + ": " + \
             ("; ".join(f"{n}. {s}" for n, s in enumerate(event.steps, 1)) or "no steps")
