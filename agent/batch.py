@@ -6,10 +6,11 @@ run or written again; everything else is (re)started or resumed from its thread'
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,21 +84,65 @@ def read_questions(path: Path, prefix: str) -> list[Question]:
     return questions
 
 
+@contextlib.contextmanager
+def _exclusive(f) -> Iterator[None]:
+    """An advisory lock on an open file, between processes (POSIX flock; none where there is no fcntl)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: processes sharing one output file are not kept apart
+        yield
+        return
+    fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
 class Results:
-    """The JSONL output: rows already there, and appending new ones durably, one writer at a time."""
+    """The JSONL output: rows already there, and appending new ones durably, one writer at a time - also
+    between processes: two `batch` runs given the same output file (the same command started twice, to go
+    faster) each add a row only for an id that has none yet, re-reading under a file lock what the other
+    appended, so no question gets two rows (without: 600 rows for 300 questions)."""
 
     def __init__(self, path: Path):
         self.path = path
         self._lock = threading.Lock()
         self.ids: set[str] = set()
         self.rows: list[dict] = []
+        self._file: tuple[int, int] | None = None  # (device, inode) of the file read
+        self._read = self._lines = 0  # bytes and lines of it read into ids and rows
         if path.exists():
-            self._load()
+            with self._locked():
+                pass
 
-    def _load(self) -> None:
-        raw = self.path.read_bytes()
-        good = raw if raw.endswith(b"\n") or not raw else raw[: raw.rfind(b"\n") + 1]
-        for number, line in enumerate(good.decode("utf-8").splitlines(), 1):
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[Any]:
+        """The output file, open for appending, under the file lock, with every row in it read."""
+        while True:
+            f = self.path.open("a+b")
+            try:
+                with _exclusive(f):
+                    st = os.fstat(f.fileno())
+                    if (st.st_dev, st.st_ino) != _identity(self.path):
+                        continue  # replaced (forget, in another process) while we waited: open the new one
+                    self._catch_up(f, (st.st_dev, st.st_ino))
+                    yield f
+                    return
+            finally:
+                f.close()
+
+    def _catch_up(self, f, identity: tuple[int, int]) -> None:
+        """Reads the rows appended since the last read (by this process or another). A last line with no end
+        was cut short by a writer that died mid-row (writers append whole rows under the file lock): it was
+        never complete, so it is dropped and its question runs again."""
+        if identity != self._file:  # another file at this path: read it whole
+            self.ids, self.rows, self._file, self._read, self._lines = set(), [], identity, 0, 0
+        f.seek(self._read)
+        raw = f.read()
+        good = raw[: raw.rfind(b"\n") + 1]
+        for number, line in enumerate(good.decode("utf-8").splitlines(), self._lines + 1):
+            self._lines = number
             if not line.strip():
                 continue
             try:
@@ -107,29 +152,49 @@ class Results:
                 raise BadInput(f"{self.path.name} line {number} is not a result row: "
                                "is -o pointing at the right file?") from None
             self.rows.append(row)
-        if len(good) != len(raw):  # a row cut short by a crash: it was never complete, so drop it
-            with self.path.open("r+b") as f:
-                f.truncate(len(good))
+        self._read += len(good)
+        if len(good) != len(raw):
+            f.truncate(self._read)
 
     def forget(self, statuses: set[str]) -> int:
         """Drop rows with these statuses (rewriting the file atomically), so their questions run again."""
-        keep = [row for row in self.rows if row.get("status") not in statuses]
-        dropped = len(self.rows) - len(keep)
-        if dropped:
-            tmp = self.path.with_suffix(self.path.suffix + ".tmp")
-            tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in keep), encoding="utf-8")
-            os.replace(tmp, self.path)
-            self.rows, self.ids = keep, {str(row["id"]) for row in keep}
+        if not self.path.exists():
+            return 0
+        with self._lock, self._locked():
+            keep = [row for row in self.rows if row.get("status") not in statuses]
+            dropped = len(self.rows) - len(keep)
+            if dropped:
+                tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+                data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in keep).encode()
+                tmp.write_bytes(data)
+                os.replace(tmp, self.path)
+                self.rows, self.ids = keep, {str(row["id"]) for row in keep}
+                self._file, self._read, self._lines = _identity(self.path), len(data), len(keep)
         return dropped
 
-    def add(self, row: dict) -> None:
-        line = json.dumps(row, ensure_ascii=False) + "\n"
-        with self._lock:
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write(line)
-                f.flush()
-                os.fsync(f.fileno())
-            self.ids.add(row["id"])
+    def add(self, row: dict) -> bool:
+        """Appends a row, fsynced; False, writing nothing, when the file has one for its id already (appended
+        by another process since this one last read it)."""
+        line = (json.dumps(row, ensure_ascii=False) + "\n").encode()
+        with self._lock, self._locked() as f:
+            if str(row["id"]) in self.ids:
+                return False
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+            self._read += len(line)
+            self._lines += 1
+            self.ids.add(str(row["id"]))
+            self.rows.append(row)
+            return True
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _row(item: Question, result) -> dict:
@@ -157,15 +222,16 @@ def run_batch(agent, items: list[Question], results: Results, workers: int,
         except ThreadBusy:
             return "busy"
         except AgentError as exc:  # e.g. the thread holds another question: a row that says so
-            results.add({"id": item.id, "thread_id": item.thread_id, "status": "failed", "answer": None,
-                         "usage": {}, "error": str(exc)})
-            return "failed"
+            failed = {"id": item.id, "thread_id": item.thread_id, "status": "failed", "answer": None,
+                      "usage": {}, "error": str(exc)}
+            return "failed" if results.add(failed) else "skipped"
         finally:
             with tally.lock:
                 tally.running -= 1
-        results.add(_row(item, result))
         with tally.lock:
             tally.spend_usd += 0 if result.from_store else result.usage.cost_usd
+        if not results.add(_row(item, result)):  # another process sharing the output wrote its row first
+            return "skipped"
         return "done" if result.status == "done" else "failed"
 
     def sweep(batch: list[Question]) -> list[Question]:

@@ -225,6 +225,30 @@ def test_batch_of_200_killed_midway_resumes_without_running_any_question_twice(c
     assert len(bodies) - len(set(bodies)) <= 4  # at most the calls in flight at the kill, one per worker
 
 
+def test_the_same_batch_started_twice_on_one_output_writes_each_question_once(cli, llm, tmp_path):
+    """Two processes running the same command - same questions, same output file - to go faster: each
+    question is answered by one of them and has exactly one row (each appended a row for every question:
+    600 rows for 300 questions); the other counts it as already in the output, or as busy elsewhere."""
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("".join(json.dumps({"id": i, "question": f"What is {i}*3+{i}?"}) + "\n" for i in range(60)))
+    output = tmp_path / "out.jsonl"
+    llm.delay = 0.01
+    args = ("batch", str(questions), "-o", str(output), "--workers", "3", "--db", f"sqlite:///{tmp_path / 'b.db'}",
+            "--model", MODEL, "--json")
+    procs = [cli.popen(*args, env=llm.env()) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert sorted(int(r["id"]) for r in rows) == list(range(60))  # one row each, none twice
+    assert all(r["status"] == "done" and r["answer"] == str(int(r["id"]) * 4) for r in rows)
+    summaries = [json.loads(out) for out, _ in outs]
+    # a question the other process still held at the end is "busy" here, and has its row from the other
+    assert sum(s["done"] for s in summaries) == 60 and all(s["done"] + s["skipped"] + s["busy"] == 60
+                                                           for s in summaries), summaries
+    plans = [r["messages"][-1]["content"] for r in llm.requests if r["_task"] == "Plan"]
+    assert len(plans) == len(set(plans)) == 60  # and each planned once: the thread lock kept them apart
+
+
 @pytest.mark.parametrize("args, message", [
     (("reason", QUESTION, "--thread", "t", "--budget", "-1"), "budget"),
     (("reason", QUESTION, "--thread", "t", "--max-retries", "-1"), "max_retries"),
