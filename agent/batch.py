@@ -112,9 +112,16 @@ class Results:
         self.rows: list[dict] = []
         self._file: tuple[int, int] | None = None  # (device, inode) of the file read
         self._read = self._lines = 0  # bytes and lines of it read into ids and rows
-        if path.exists():
-            with self._locked():
-                pass
+        try:  # a path that cannot be written is an error before any question runs
+            if path.exists():
+                with self._locked():
+                    pass
+            else:
+                with contextlib.suppress(FileExistsError):  # made by another process meanwhile: fine
+                    path.open("xb").close()
+                    path.unlink()
+        except OSError as exc:
+            raise BadInput(f"cannot write {path}: {exc.strerror}") from None
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[Any]:

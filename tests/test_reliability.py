@@ -258,14 +258,16 @@ def test_the_same_batch_started_twice_on_one_output_writes_each_question_once(cl
     (("batch", "bad.jsonl"), "bad.jsonl line 2: not valid JSON"),
     (("batch", "dup.jsonl"), "id 'a' was already used on line 1"),
     (("batch", "dup.jsonl", "--workers", "0"), "--workers"),
+    (("batch", "ok.jsonl", "-o", "nowhere/out.jsonl"), "cannot write nowhere/out.jsonl: No such file or directory"),
 ])
 def test_bad_reliability_flags_are_one_clear_error(cli, llm, args, message):
     (cli.cwd / "bad.jsonl").write_text('{"id": 1, "question": "What is 1+1?"}\n{"id": 2, \n')
     (cli.cwd / "dup.jsonl").write_text('{"id": "a", "question": "What is 1+1?"}\n{"id": "a", "question": "2+2?"}\n')
+    (cli.cwd / "ok.jsonl").write_text('{"id": "a", "question": "What is 1+1?"}\n')
     result = cli(*args, env=llm.env())
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
-    assert not (cli.cwd / "agent.db").exists()
+    assert not (cli.cwd / "agent.db").exists() and llm.requests == []
 
 
 def test_two_batch_processes_share_one_file_on_postgres_without_running_a_question_twice(cli, llm, pg, request,
