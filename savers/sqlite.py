@@ -1044,7 +1044,8 @@ def open_sqlite(path: str, create: bool = True, options: SaverOptions | None = N
             saver.setup()
             saver.serde = run_plan(serde_plan(options or SaverOptions(), absolute),
                                    lambda sql, params: conn.execute(sql, params).fetchall())
-            conn.execute(f"PRAGMA wal_autocheckpoint={INLINE_AUTOCHECKPOINT_PAGES}")
+            for pragma in INLINE_PRAGMAS:  # its commits are a run's, as the async saver's inline connection's
+                conn.execute(pragma)
             copier = saver.copier = WalCopier(absolute, saver.lock)
         except sqlite3.Error as exc:
             raise _storage_error(path, exc) from exc
