@@ -542,7 +542,7 @@ def test_async_sqlite_copies_its_wal_back_though_its_writes_do_not(tmp_path):
 
 WAL_WRITER = """
 import sys, time
-sys.path[:0] = [{tests!r}]
+sys.path[:0] = [{root!r}]
 import savers
 from langgraph.checkpoint.base import empty_checkpoint
 cfg = {{"configurable": {{"thread_id": {thread!r}, "checkpoint_ns": ""}}}}
@@ -560,7 +560,6 @@ with savers.open_saver({url!r}) as saver:
 """
 ASYNC_WAL_WRITER = WAL_WRITER + """
 import asyncio
-import contextlib
 async def main():
     async with savers.open_async_saver({url!r}) as saver:
         await asyncio.to_thread(write, saver)  # the sync wrappers, run off the loop: writes on the inline connection
@@ -580,7 +579,7 @@ def test_sqlite_wal_starts_over_while_two_processes_write(tmp_path, writer):
     with savers.open_saver(f"sqlite:///{path}"):
         pass
     writers = [subprocess.Popen([sys.executable, "-c", writer.format(
-        tests=str(Path(__file__).parent.parent), url=f"sqlite:///{path}", thread=f"t{i}", commits=8_000)],
+        root=str(Path(__file__).parent.parent), url=f"sqlite:///{path}", thread=f"t{i}", commits=8_000)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for i in range(2)]
     try:
         for w in writers:
