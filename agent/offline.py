@@ -48,13 +48,17 @@ class CannotAnswer(ValueError):
     """The question or step is outside what the offline model can solve."""
 
 
-def extract_expression(question: str) -> str:
-    """The arithmetic expression inside a question, e.g. 'What is 17*23+4?' -> '17*23+4'."""
-    text = question.lower()
+def _symbols(text: str) -> str:
+    """Lower-cased, operator words as symbols, thousands separators dropped ('1,000 times 2' -> '1000 * 2')."""
+    text = text.lower()
     for pattern, symbol in _WORDS:
         text = re.sub(pattern, f" {symbol} ", text)
-    text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)  # 1,000 -> 1000
-    candidates = [m.group().strip() for m in _EXPRESSION.finditer(text)]
+    return re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)  # 1,000 -> 1000
+
+
+def extract_expression(question: str) -> str:
+    """The arithmetic expression inside a question, e.g. 'What is 17*23+4?' -> '17*23+4'."""
+    candidates = [m.group().strip() for m in _EXPRESSION.finditer(_symbols(question))]
     candidates = [c.rstrip(".").strip() for c in candidates if _OPERATOR.search(c)]
     if not candidates:
         raise CannotAnswer("no arithmetic expression in the question")
@@ -179,7 +183,16 @@ def _step_pattern(template: str) -> re.Pattern[str]:
     return re.compile(f"^{regex}\\.?$", re.IGNORECASE)
 
 
-_STEP_PATTERNS = [(op, _step_pattern(template)) for op, template in _TEMPLATES.items()]
+# Other ways a person editing a plan (`fork --set plan.2=...`) writes one of those operations.
+_ALIASES = [
+    ("add", "Add {b} to {a}"),
+    ("multiply", "Multiply {a} and {b}"),
+]
+_STEP_PATTERNS = [(op, _step_pattern(template)) for op, template in [*_TEMPLATES.items(), *_ALIASES]]
+_REFERENCE = re.compile(r"\b(?:the\s+)?result\s+of\s+step\s+(\d+)\b", re.IGNORECASE)
+# A step written as arithmetic: "the result of step 1 + 10", "Compute (the result of step 2) times 3."
+_ARITHMETIC_STEP = re.compile(r"\s*(?:(?:compute|calculate|evaluate|work out)\s+)?(?P<expression>.*?)\s*[.=]?\s*",
+                              re.IGNORECASE)
 
 
 def make_plan(question: str) -> list[str]:
@@ -210,23 +223,33 @@ def make_plan(question: str) -> list[str]:
 
 
 def execute_step(step: str, results: list[str]) -> str:
-    """Carry out one step of a plan, reading earlier results where the step refers to them."""
+    """Carry out one step of a plan, reading earlier results where the step refers to them: one operation as
+    the planner writes it (or as _ALIASES do), else arithmetic over numbers and earlier results."""
 
-    def value(text: str) -> Fraction:
-        ref = re.fullmatch(r"the result of step (\d+)", text, re.IGNORECASE)
-        if not ref:
-            return parse_number(text)
-        index = int(ref.group(1)) - 1
+    def result_of(number: str) -> Fraction:
+        index = int(number) - 1
         if not 0 <= index < len(results):
             raise CannotAnswer(f"step {index + 1} has no result yet")
         return parse_number(results[index])
+
+    def value(text: str) -> Fraction:
+        ref = _REFERENCE.fullmatch(text)
+        return result_of(ref.group(1)) if ref else parse_number(text)
 
     for op, pattern in _STEP_PATTERNS:
         match = pattern.match(step.strip())
         if match:
             args = [value(match.group(name)) for name in ("a", "b") if name in pattern.groupindex]
             return format_number(_apply(op, *args))
-    raise CannotAnswer(f"the step '{step}' is not an operation I can carry out")
+    # Arithmetic, the whole step (past a leading "Compute"): each earlier result goes in as an exact number in
+    # parentheses, so "the result of step 1 * 2" doubles it whatever its sign or form (10/3 stays a fraction).
+    text = _ARITHMETIC_STEP.fullmatch(step).group("expression")
+    shape = _symbols(_REFERENCE.sub("(1)", text)).strip()
+    if _EXPRESSION.fullmatch(shape) and _OPERATOR.search(shape):
+        return format_number(evaluate(_symbols(_REFERENCE.sub(
+            lambda ref: f"({format_number(result_of(ref.group(1)))})", text))))
+    raise CannotAnswer(f"the step '{step}' is not an operation I can carry out: write one operation as a plan does "
+                       "('Add the result of step 1 and 4'), or arithmetic ('the result of step 1 + 4')")
 
 
 def check_answer(question: str, draft: str) -> dict[str, Any]:

@@ -85,11 +85,33 @@ def test_steps_are_read_from_their_text_so_an_edit_changes_the_result():
     assert execute_step("Add the result of step 1 and 4", ["408"]) == "412"
 
 
+@pytest.mark.parametrize("step, results, result", [
+    ("Add 10 to the result of step 1", ["391"], "401"),
+    ("Multiply the result of step 1 and 2", ["10/3"], "20/3"),
+    ("the result of step 1 + 10", ["391"], "401"),
+    ("Compute (the result of step 2) times 3.", ["1", "-4"], "-12"),
+    ("the result of step 1 / 3", ["10/3"], "10/9"),
+    ("result of step 1 squared", ["7"], "49"),
+    ("1,000 minus the result of step 1", ["0.5"], "999.5"),
+])
+def test_a_step_edited_in_other_words_or_as_arithmetic_is_carried_out(step, results, result):
+    """What a person writes with `fork --set plan.N=...`, read through the prompt the model really reads."""
+    prompt = prompts.step_messages("What is 17*23+4?", [f"step {n}" for n in range(len(results))] + [step], results,
+                                   len(results))[-1][1]
+    assert respond("StepResult", prompt) == {"result": result}
+
+
 def test_a_step_it_cannot_read_is_refused():
     with pytest.raises(ValueError):
         execute_step("Dance a little", [])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="no result yet"):
         execute_step("Add the result of step 3 and 1", ["1"])
+    with pytest.raises(ValueError, match="no result yet"):
+        execute_step("the result of step 2 * 2", ["1"])
+    with pytest.raises(ValueError, match=r"or arithmetic \('the result of step 1 \+ 4'\)"):
+        execute_step("Check the result of step 1", ["1"])  # a reference alone is not an operation
+    with pytest.raises(ValueError, match="not a number"):
+        execute_step("the result of step 1 + 1", ["cannot answer: division by zero"])
 
 
 def test_validation_recomputes_and_catches_a_wrong_draft():
