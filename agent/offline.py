@@ -49,8 +49,9 @@ class CannotAnswer(ValueError):
 
 
 def _symbols(text: str) -> str:
-    """Lower-cased, operator words as symbols, thousands separators dropped ('1,000 times 2' -> '1000 * 2')."""
-    text = text.lower()
+    """Lower-cased, operator words as symbols, thousands separators dropped ('1,000 times 2' -> '1000 * 2'), on
+    one line (Python's parser reads '1 +' and '2' on two lines as two statements)."""
+    text = " ".join(text.lower().split())
     for pattern, symbol in _WORDS:
         text = re.sub(pattern, f" {symbol} ", text)
     return re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)  # 1,000 -> 1000
@@ -192,7 +193,7 @@ _STEP_PATTERNS = [(op, _step_pattern(template)) for op, template in [*_TEMPLATES
 _REFERENCE = re.compile(r"\b(?:the\s+)?result\s+of\s+step\s+(\d+)\b", re.IGNORECASE)
 # A step written as arithmetic: "the result of step 1 + 10", "Compute (the result of step 2) times 3."
 _ARITHMETIC_STEP = re.compile(r"\s*(?:(?:compute|calculate|evaluate|work out)\s+)?(?P<expression>.*?)\s*[.=]?\s*",
-                              re.IGNORECASE)
+                              re.IGNORECASE | re.DOTALL)
 
 
 def make_plan(question: str) -> list[str]:

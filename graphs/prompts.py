@@ -73,17 +73,24 @@ def verdict_messages(question: str, plan: list[str], results: list[str], draft: 
     )
 
 
-_SECTION = re.compile(r"^(Question|Draft answer|Carry out step \d+): (.*)$", re.MULTILINE)
-_LIST = re.compile(r"^(Results so far|Results):\n((?:\d+\. .*\n?)+)", re.MULTILINE)
+# Each labelled value runs to where the template goes on, so a value of several lines (a question pasted with
+# line breaks, a step edited to span two) is read whole, not cut at its first line break.
+_FIELDS = {
+    "question": re.compile(r"^Question: (.*?)\n\n(?:A previous attempt was judged wrong: |Plan:\n|Write the plan: )",
+                           re.MULTILINE | re.DOTALL),
+    "step": re.compile(r"^Carry out step \d+: (.*?)\nReply with the result of this step only\.$",
+                       re.MULTILINE | re.DOTALL),
+    "draft": re.compile(r"^Draft answer: (.*?)\n\nCheck the draft answer", re.MULTILINE | re.DOTALL),
+}
+_LIST = re.compile(r"^(?:Results so far|Results):\n(.*?)\n\n(?:Carry out step|Draft answer)", re.MULTILINE | re.DOTALL)
+_ITEM = re.compile(r"^\d+\. ", re.MULTILINE)
 
 
 def read_fields(prompt: str) -> dict:
     """The labelled sections of a prompt written above: question, step, results, draft."""
-    fields: dict = {}
-    for label, value in _SECTION.findall(prompt):
-        key = {"Question": "question", "Draft answer": "draft"}.get(label, "step")
-        fields[key] = value.strip()
+    fields: dict = {key: match.group(1).strip() for key, pattern in _FIELDS.items()
+                    if (match := pattern.search(prompt)) is not None}
     match = _LIST.search(prompt)
-    if match:
-        fields["results"] = [line.split(". ", 1)[1] for line in match.group(2).splitlines() if line.strip()]
+    if match and match.group(1) != "(none)":
+        fields["results"] = [item.strip() for item in _ITEM.split(match.group(1))[1:]]
     return fields

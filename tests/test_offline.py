@@ -37,6 +37,7 @@ def test_plan_has_one_step_per_operation_in_precedence_order():
     ("What is 1,000 + 2.5?", "1002.5"),
     ("What is 17 % 5?", "2"),
     ("What is 2^3^2?", "512"),
+    ("What is 1 +\n2 *\t3?", "7"),
 ])
 def test_solves_arithmetic(question, answer):
     assert solve(question) == answer
@@ -93,6 +94,7 @@ def test_steps_are_read_from_their_text_so_an_edit_changes_the_result():
     ("the result of step 1 / 3", ["10/3"], "10/9"),
     ("result of step 1 squared", ["7"], "49"),
     ("1,000 minus the result of step 1", ["0.5"], "999.5"),
+    ("the result of step 1\n* 2", ["21"], "42"),
 ])
 def test_a_step_edited_in_other_words_or_as_arithmetic_is_carried_out(step, results, result):
     """What a person writes with `fork --set plan.N=...`, read through the prompt the model really reads."""
@@ -110,6 +112,9 @@ def test_a_step_it_cannot_read_is_refused():
         execute_step("the result of step 2 * 2", ["1"])
     with pytest.raises(ValueError, match=r"or arithmetic \('the result of step 1 \+ 4'\)"):
         execute_step("Check the result of step 1", ["1"])  # a reference alone is not an operation
+    for blank in ("", " ", "\n"):
+        with pytest.raises(ValueError, match="not an operation"):
+            execute_step(blank, [])
     with pytest.raises(ValueError, match="not a number"):
         execute_step("the result of step 1 + 1", ["cannot answer: division by zero"])
 
