@@ -338,12 +338,12 @@ class _Rows:
     # -- reading ---------------------------------------------------------------------------------------
 
     def _unpack(self, type_: str, data: bytes, where: bytes) -> dict | None:
-        """The checkpoint of one of our rows (stored at `where`: its context), versions unpacked; None for a
-        row of the official saver."""
+        """The checkpoint of one of our rows (stored at `where`: its context), versions still packed (only the
+        checkpoint a tuple is made of needs them: _open); None for a row of the official saver."""
         if type_ == CHECKPOINT_TYPE:
-            return unpack_versions(load(self.serde, MSGPACK, data, where))
+            return load(self.serde, MSGPACK, data, where)
         if type_.startswith(CHECKPOINT_TYPE + "+"):
-            return unpack_versions(load(self.serde, type_[len(CHECKPOINT_TYPE) + 1:], data, where))
+            return load(self.serde, type_[len(CHECKPOINT_TYPE) + 1:], data, where)
         return None
 
     def _row_values(self, type_: str, data: bytes, where: bytes) -> dict:
@@ -393,7 +393,7 @@ class _Rows:
         if compact is None:  # written by the official saver: every value inline
             return self.serde.loads_typed((type_, data)), {}
         rows[checkpoint_id] = {c: tuple(v) for c, v in compact.pop("values").items()}
-        return compact, {c: key or checkpoint_id for c, key in compact.pop("apart").items()}
+        return unpack_versions(compact), {c: key or checkpoint_id for c, key in compact.pop("apart").items()}
 
     def _tuple(self, row, checkpoint: dict, where: dict, writes: list, decoder: Decoder, *,
                seed: bool) -> CheckpointTuple:
