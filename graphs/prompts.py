@@ -73,24 +73,40 @@ def verdict_messages(question: str, plan: list[str], results: list[str], draft: 
     )
 
 
-# Each labelled value runs to where the template goes on, so a value of several lines (a question pasted with
-# line breaks, a step edited to span two) is read whole, not cut at its first line break.
-_FIELDS = {
-    "question": re.compile(r"^Question: (.*?)\n\n(?:A previous attempt was judged wrong: |Plan:\n|Write the plan: )",
-                           re.MULTILINE | re.DOTALL),
-    "step": re.compile(r"^Carry out step \d+: (.*?)\nReply with the result of this step only\.$",
-                       re.MULTILINE | re.DOTALL),
-    "draft": re.compile(r"^Draft answer: (.*?)\n\nCheck the draft answer", re.MULTILINE | re.DOTALL),
-}
-_LIST = re.compile(r"^(?:Results so far|Results):\n(.*?)\n\n(?:Carry out step|Draft answer)", re.MULTILINE | re.DOTALL)
+# A labelled value runs to where the template goes on, so a value of several lines (a question pasted with
+# line breaks, a step edited to span two) is read whole, not cut at its first line break. The question opens
+# a prompt, so it ends at the first section after it; the step, the results and the draft come after the
+# question and the plan, so they are read from their last header on - text in a question or a plan that looks
+# like a later section ("Carry out step 1: ...") is not taken for it.
+_QUESTION = re.compile(r"Question: (.*?)\n\n(?:A previous attempt was judged wrong: |Plan:\n|Write the plan: )",
+                       re.DOTALL)
+_HEADERS = {"step": re.compile(r"^Carry out step \d+: ", re.MULTILINE),
+            "draft": re.compile(r"^Draft answer: ", re.MULTILINE),
+            "results": re.compile(r"^(?:Results so far|Results):\n", re.MULTILINE)}
+_ENDS = {"step": re.compile(r"\nReply with the result of this step only\.$"),
+         "draft": re.compile(r"\n\nCheck the draft answer by solving the question again"),
+         "results": re.compile(r"\n\n(?:Carry out step \d+|Draft answer): ")}
 _ITEM = re.compile(r"^\d+\. ", re.MULTILINE)
+
+
+def _section(name: str, prompt: str) -> str | None:
+    """The text after the last header of section `name`, up to where its template goes on."""
+    start = None
+    for start in _HEADERS[name].finditer(prompt):
+        pass
+    if start is None or (end := _ENDS[name].search(prompt, start.end())) is None:
+        return None
+    return prompt[start.end():end.start()]
 
 
 def read_fields(prompt: str) -> dict:
     """The labelled sections of a prompt written above: question, step, results, draft."""
-    fields: dict = {key: match.group(1).strip() for key, pattern in _FIELDS.items()
-                    if (match := pattern.search(prompt)) is not None}
-    match = _LIST.search(prompt)
-    if match and match.group(1) != "(none)":
-        fields["results"] = [item.strip() for item in _ITEM.split(match.group(1))[1:]]
+    fields: dict = {}
+    if match := _QUESTION.match(prompt):
+        fields["question"] = match.group(1).strip()
+    for name in ("step", "draft"):
+        if (text := _section(name, prompt)) is not None:
+            fields[name] = text.strip()
+    if (listed := _section("results", prompt)) is not None and listed != "(none)":
+        fields["results"] = [item.strip() for item in _ITEM.split(listed)[1:]]
     return fields
