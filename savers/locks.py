@@ -46,7 +46,13 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    # A process killed but not yet reaped by its parent (a zombie: a container whose first process does not
+    # reap, a parent that never waits) answers the signal but runs no more.
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):  # no /proc (macOS): alive, as the signal said
+        return True
 
 
 # -- leases: one row per held lock, with an expiry, renewed while held -----------------------------------------
@@ -65,7 +71,7 @@ WHERE agent_locks.expires_at < ? OR agent_locks.owner = ?
 _HOLDER = "SELECT owner, host, pid FROM agent_locks WHERE thread_id = ?"
 _DROP = "DELETE FROM agent_locks WHERE thread_id = ? AND owner = ?"
 _RENEW = "UPDATE agent_locks SET expires_at = ? WHERE thread_id = ? AND owner = ?"
-_LIVE = "SELECT thread_id FROM agent_locks WHERE expires_at >= ?"
+_LIVE = "SELECT thread_id, owner, host, pid FROM agent_locks WHERE expires_at >= ?"
 
 # Made before the schema setup (whose own lease lives here), so outside the migrations; one creator at a time
 # under a transaction-scoped lock, which a transaction pooler keeps on one server connection.
@@ -89,7 +95,8 @@ _PG_HOLDER = "SELECT owner, host, pid FROM agent_leases WHERE name = %s"
 _PG_DROP = "DELETE FROM agent_leases WHERE name = %s AND owner = %s"
 _PG_RENEW = ("UPDATE agent_leases SET expires_at = clock_timestamp() + %s * interval '1 second' "
              "WHERE name = %s AND owner = %s")
-_PG_LIVE_LEASES = "SELECT name FROM agent_leases WHERE name = ANY(%s) AND expires_at >= clock_timestamp()"
+_PG_LIVE_LEASES = ("SELECT name, owner, host, pid FROM agent_leases WHERE name = ANY(%s) "
+                   "AND expires_at >= clock_timestamp()")
 
 
 class SqliteLeaseSQL:
@@ -247,6 +254,13 @@ def _abandoned(row) -> str | None:
     return owner if host == HOST and pid != os.getpid() and not _pid_alive(pid) else None
 
 
+def _running(names: dict[str, str], rows) -> set[str]:
+    """The threads (names: lease name -> thread) whose unexpired lease (rows: name, owner, host, pid) a live
+    process holds. A lease whose process died on this machine (kill -9) is no run: the next run takes it over
+    at once, so until it runs out (LEASE_S) `threads` would otherwise show a crashed thread as running."""
+    return {names[name] for name, *holder in rows if name in names and _abandoned(holder) is None}
+
+
 class Leases:
     """Sync leases: hold(thread) / running(threads) for runs; lease(name, busy) for any other named lock."""
 
@@ -293,7 +307,7 @@ class Leases:
 
     def running(self, threads: list[str]) -> set[str]:
         names = {self.sql.prefix + t: t for t in threads}
-        return {names[row[0]] for row in self.store.rows(*self.sql.live(list(names))) if row[0] in names}
+        return _running(names, self.store.rows(*self.sql.live(list(names))))
 
 
 class AsyncLeases:
@@ -337,7 +351,7 @@ class AsyncLeases:
 
     async def arunning(self, threads: list[str]) -> set[str]:
         names = {self.sql.prefix + t: t for t in threads}
-        return {names[row[0]] for row in await self.store.rows(*self.sql.live(list(names))) if row[0] in names}
+        return _running(names, await self.store.rows(*self.sql.live(list(names))))
 
 
 # -- memory:// -----------------------------------------------------------------------------------------------

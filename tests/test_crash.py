@@ -5,8 +5,15 @@ Calls are counted at the HTTP test server, so "not repeated" is measured where t
 
 import json
 import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
+
+import savers
+from savers.locks import locks_for
 
 QUESTION = "What is 17*23+4?"
 CALLS = 4  # analyze, two steps, validate
@@ -32,6 +39,8 @@ def test_sigkill_mid_call_then_resume_repeats_only_the_call_in_flight(cli, llm, 
     llm.release.set()  # the held reply now goes to a dead socket
     before = llm.bodies()
     assert len(before) == kill_at
+    if how == "resume":  # the dead run's lease has not run out yet, but its process is gone: not running
+        assert json.loads(cli("threads", "--db", db_url, "--json").stdout)[0]["status"] == "interrupted"
 
     args = ("resume", "--thread", "t1") if how == "resume" else ("reason", QUESTION, "--thread", "t1")
     result = cli(*args, "--db", db_url, "--json", env=llm.env())
@@ -83,3 +92,33 @@ def test_a_step_killed_between_its_writes_and_its_checkpoint_is_resumed_not_take
         assert agent.result("cut").status == "interrupted"
         resumed = agent.reason("What is 2*3+1?", thread="cut")
         assert (resumed.status, resumed.answer, resumed.from_store) == ("done", "7", False)
+
+
+def test_a_run_killed_but_not_yet_reaped_holds_its_thread_no_more(db_url, tmp_path):
+    """kill -9 leaves a zombie until its parent waits for it (in a container whose first process does not
+    reap, until the container stops): the signal check says alive, yet it runs no more. Its lease is not a
+    run: listed as not running, and taken over at once by the next run."""
+    root = Path(__file__).resolve().parent.parent
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; sys.path.insert(0, sys.argv[1]); import savers; from savers.locks import locks_for\n"
+        "with savers.open_saver(sys.argv[2]) as saver, locks_for(saver).hold('t1'):\n"
+        "    print('held', flush=True); time.sleep(600)"), str(root), db_url],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with savers.open_saver(db_url) as saver:
+            locks = locks_for(saver)
+            assert locks.running(["t1"]) == {"t1"}
+            holder.kill()  # not waited for: a zombie
+            for _ in range(100):
+                if Path(f"/proc/{holder.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                    break
+                time.sleep(0.05)
+            else:
+                raise AssertionError("the killed process never became a zombie")
+            assert locks.running(["t1"]) == set()
+            with locks.hold("t1"):  # at once, not LEASE_S later
+                assert locks.running(["t1"]) == {"t1"}
+    finally:
+        holder.kill()
+        holder.wait()
