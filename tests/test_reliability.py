@@ -136,6 +136,7 @@ def test_a_lease_left_by_a_dead_process_is_taken_over_and_a_live_one_is_not(tmp_
     conn.execute("INSERT INTO agent_locks VALUES ('expired', 'z', 'other-host', 1, ?)", (time.time() - 1,))
     conn.commit()
     with Agent(db=f"sqlite:///{db}") as agent:
+        assert {t for t in ("gone", "elsewhere", "expired") if agent._running([t])} == {"elsewhere"}
         assert agent.reason("What is 1+2?", thread="gone").answer == "3"
         assert agent.reason("What is 1+3?", thread="expired").answer == "4"
         with pytest.raises(ThreadBusy):
