@@ -28,8 +28,9 @@ class SaverOptions:
     compression: str | None = None
     encryption_key: str | None = field(default=None, repr=False)
     plaintext_ok: bool = False
-    # Postgres: server-side prepared statements after this many executions of a statement (0: at once);
-    # None disables them, as transaction-mode poolers (pgbouncer) need.
+    # Postgres: server-side prepared statements after this many executions of a statement (0: at once; the
+    # sync saver's put and put_writes INSERTs, savers.pgexec, at once whatever the number); None disables
+    # them, as transaction-mode poolers (pgbouncer) need.
     prepare_threshold: int | None = 0
     # Postgres: at most this many connections in the saver's pool (its own statements, the reply cache, locks).
     pool_size: int = 10

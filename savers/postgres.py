@@ -10,9 +10,9 @@ import math
 import select
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager, nullcontext
-from functools import cached_property, lru_cache
+from functools import cached_property, lru_cache, partial
 from typing import Any
 
 import orjson
@@ -35,6 +35,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
+from savers import pgexec
 from savers.cache import AsyncPostgresCache, PostgresCache
 from savers.compact import (
     decode_pending,
@@ -529,6 +530,13 @@ class Postgres(_Rows, PostgresSaver):
             with super()._cursor(pipeline=pipeline) as cur:
                 yield cur
             return
+        with self._held(lane) as conn, conn.transaction() if pipeline else nullcontext(), \
+                conn.cursor(binary=True, row_factory=dict_row) as cur:
+            yield cur
+
+    @contextmanager
+    def _held(self, lane: str) -> Iterator[psycopg.Connection]:
+        """The lane's connection of the saver's pool, under the lane's lock."""
         held = self._lanes[lane]
         with held.lock:
             if held.conn is not None and not _idle_and_open(held.conn):
@@ -536,9 +544,18 @@ class Postgres(_Rows, PostgresSaver):
                 held.conn = None
             if held.conn is None:
                 held.conn = self.conn.getconn()
-            conn = held.conn
-            with conn.transaction() if pipeline else nullcontext(), conn.cursor(binary=True, row_factory=dict_row) as cur:
-                yield cur
+            yield held.conn
+
+    @contextmanager
+    def _statements(self, lane: str = "main") -> Iterator[Callable[[str, Sequence], int]]:
+        """For put and put_writes, under the lane's lock: a function that runs one statement through libpq
+        (savers.pgexec) and returns its row count. On a connection of the caller's, through its cursor."""
+        if not isinstance(self.conn, ConnectionPool):
+            with super()._cursor() as cur:
+                yield lambda sql, params: cur.execute(sql, params).rowcount
+            return
+        with self._held(lane) as conn:
+            yield partial(pgexec.execute, conn)
 
     def close(self) -> None:
         """Gives the saver's connections back to the pool (before the pool closes)."""
@@ -599,12 +616,12 @@ class Postgres(_Rows, PostgresSaver):
             new_versions: ChannelVersions) -> RunnableConfig:
         # Encoded before taking the lock, so it overlaps another call's I/O (puts of a thread come in order).
         sql, params, encoded = self._put_params(config, checkpoint, metadata, new_versions)
-        with self._cursor() as cur:
+        with self._statements() as run:
             try:
-                cur.execute(sql, params)
+                stored = run(sql, params)
             except psycopg.errors.UniqueViolation as exc:
                 raise self._refused(exc, config) from None
-            if not cur.rowcount:
+            if not stored:
                 raise thread_deleted(str(config["configurable"]["thread_id"]))
             self.chains.remember(str(config["configurable"]["thread_id"]), config["configurable"]["checkpoint_ns"],
                                  encoded)
@@ -615,8 +632,8 @@ class Postgres(_Rows, PostgresSaver):
         if not writes:
             return
         sql, params = self._writes_params(config, writes, task_id, task_path)
-        with self._cursor(lane="writes") as cur:
-            if not cur.execute(sql, params).rowcount and cur.execute(_DELETED, params[-2:]).fetchone():
+        with self._statements("writes") as run:
+            if not run(sql, params) and run(_DELETED, params[-2:]):  # a SELECT's count: its rows
                 raise thread_deleted(params[0])
 
     def revive(self, thread_id: str) -> None:

@@ -678,6 +678,56 @@ def test_on_postgres_a_pool_of_two_runs_with_one_connection_for_the_saver(pg_url
         assert agent.reason("What is 2+3?", thread="u").answer == "5"
 
 
+def _hot_statements(saver) -> list[str]:
+    """The names of the statements savers.pgexec prepared on the saver's own connection."""
+    with saver._cursor() as cur:
+        return [row["name"] for row in cur.execute("SELECT name FROM pg_prepared_statements "
+                                                   "WHERE name LIKE 'agent_hot_%%' ORDER BY name")]
+
+
+@pytest.mark.parametrize("prepare", [0, None])
+def test_on_postgres_put_and_put_writes_go_through_libpq_prepared_unless_turned_off(pg_url, prepare):
+    """The hot path runs through savers.pgexec: prepared statements of its own on the saver's connection, none
+    when they are off (pgbouncer in transaction mode), and what it stores reads back the same either way."""
+    from savers.options import SaverOptions
+
+    with savers.open_saver(pg_url, options=SaverOptions(prepare_threshold=prepare)) as saver:
+        reference = InMemorySaver()
+        for checkpointer in (saver, reference):
+            run(checkpointer, "t", start(4))
+            run(checkpointer, "t", {"target": 6})
+        assert history(saver, "t") == history(reference, "t") and len(history(reference, "t")) == 10
+        hot = _hot_statements(saver)
+        assert (hot != []) == (prepare is not None), hot
+
+
+def test_on_postgres_a_session_reset_under_the_saver_loses_no_write(pg_url):
+    """A pooler resetting the session (DISCARD ALL) drops the prepared statements: prepared again, nothing
+    lost."""
+    with savers.open_saver(pg_url) as saver:
+        run(saver, "t", start(2))
+        assert _hot_statements(saver)
+        with saver._cursor() as cur:
+            cur.execute("DISCARD ALL")
+        with saver._cursor(lane="writes") as cur:
+            cur.execute("DISCARD ALL")
+        run(saver, "u", start(3))
+        assert saver.get_tuple(config("u")).checkpoint["channel_values"]["step"] == 3
+        assert len(saver.get_tuple(config("u")).checkpoint["channel_values"]["items"]) == 3
+        assert _hot_statements(saver)
+
+
+def test_on_postgres_a_thread_id_holding_nul_is_refused_not_cut_short(pg_url):
+    """libpq sends text as C strings: a NUL would end the id early, and the checkpoint would be stored under
+    another thread. Such text goes through psycopg, which refuses it."""
+    with savers.open_saver(pg_url) as saver:
+        with pytest.raises(psycopg.DataError):
+            saver.put(config("a\x00b", checkpoint_ns=""), empty_checkpoint(), {"source": "input", "step": -1, "parents": {}}, {})
+        with pytest.raises(psycopg.DataError):
+            saver.put_writes(config("a\x00b", "1f0", checkpoint_ns=""), [("items", ["x"]), ("step", 1)], "task")
+        assert saver.get_tuple(config("a")) is None and list(saver.list(None)) == []
+
+
 def later_id(checkpoint_id: str) -> str:
     """A checkpoint id after this one, as LangGraph would make the next (uuid6 ids sort by time)."""
     from langgraph.checkpoint.base.id import uuid6
