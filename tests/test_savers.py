@@ -701,6 +701,31 @@ def test_on_postgres_put_and_put_writes_go_through_libpq_prepared_unless_turned_
         assert (hot != []) == (prepare is not None), hot
 
 
+def test_on_postgres_an_async_write_cancelled_midway_leaves_the_saver_working(pg_url):
+    """A service cancelling a run mid-write (its task cancelled while aput_writes waits on the database): the
+    saver goes on - the next calls do not meet a connection still busy with the cancelled statement."""
+    async def main():
+        async with savers.open_async_saver(pg_url) as saver:
+            await build().compile(checkpointer=saver).ainvoke(start(2), config("t"), durability="sync")
+            head = await saver.aget_tuple(config("t"))
+            blocker = _held_writes_table(pg_url)
+            try:
+                writes = asyncio.create_task(saver.aput_writes(head.config, [("items", ["w"])], "task-1"))
+                await asyncio.sleep(0.3)
+                writes.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await writes
+            finally:
+                blocker.rollback()
+                blocker.close()
+            await saver.aput_writes(head.config, [("items", ["v"])], "task-2")
+            await build().compile(checkpointer=saver).ainvoke(start(3), config("u"), durability="sync")
+            return (await saver.aget_tuple(head.config)).pending_writes, await saver.aget_tuple(config("u"))
+
+    pending, other = asyncio.run(main())
+    assert ("task-2", "items", ["v"]) in pending and other.checkpoint["channel_values"]["step"] == 3
+
+
 def test_on_postgres_a_session_reset_under_the_saver_loses_no_write(pg_url):
     """A pooler resetting the session (DISCARD ALL) drops the prepared statements: prepared again, nothing
     lost."""
