@@ -18,7 +18,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from agent.errors import AgentError, BadInput
-from agent.history import counted
+from agent.history import counted, some
 
 EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
 
@@ -85,8 +85,9 @@ def _fail(message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
-def _guard(debug: bool, body: Callable[[], int]) -> None:
-    """Run a command body: known errors become one line on stderr and their exit code."""
+def _guard(debug: bool, body: Callable[[], int], interrupted: str = "Interrupted.") -> None:
+    """Run a command body: known errors become one line on stderr and their exit code; Ctrl+C, `interrupted`
+    (what the command leaves behind when cut short)."""
     try:
         code = body()
     except AgentError as exc:
@@ -94,6 +95,7 @@ def _guard(debug: bool, body: Callable[[], int]) -> None:
             raise
         _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except (typer.Exit, typer.Abort):
         raise
@@ -299,7 +301,7 @@ def _print_json(data: Any) -> None:
     print(json.dumps(data, ensure_ascii=False, default=str))
 
 
-def _read(db: str | None, debug: bool, body: Callable[[Any], None]) -> None:
+def _read(db: str | None, debug: bool, body: Callable[[Any], None], interrupted: str = "Interrupted.") -> None:
     """A read-only command: open the database (never create it) and show something from it."""
 
     def run() -> int:
@@ -307,7 +309,7 @@ def _read(db: str | None, debug: bool, body: Callable[[Any], None]) -> None:
             body(agent)
         return 0
 
-    _guard(debug, run)
+    _guard(debug, run, interrupted)
 
 
 @app.command()
@@ -673,7 +675,9 @@ def export_command(
                                         f"{counted(report.checkpoints, 'checkpoint')} and "
                                         f"{counted(report.writes, 'write')} to {output}.", markup=False)
 
-    _read(db, debug, body)
+    _read(db, debug, body, f"Interrupted: {output} was not written." if output is not None else
+          "Interrupted: the export on standard output stops short (use --output for a file written whole or "
+          "not at all).")
 
 
 @app.command("import")
@@ -694,17 +698,23 @@ def import_command(
 
         renames = parse_renames(rename or [])
         with _open_agent({"db": db}) as agent, _checkpoint_bar("import", quiet=as_json) as written:
-            report = agent.import_file(file, renames=renames, overwrite=overwrite, on_checkpoint=written)
+            try:
+                report = agent.import_file(file, renames=renames, overwrite=overwrite, on_checkpoint=written)
+            except KeyboardInterrupt as exc:
+                if not exc.args:
+                    raise
+                print(f"Interrupted, but {exc.args[0]}.", file=sys.stderr)
+                return EXIT_INTERRUPTED
         if as_json:
             _print_json(report.to_dict())
         else:
-            _console().print(f"Imported {counted(len(report.threads), 'thread')} ({', '.join(report.threads)}), "
+            _console().print(f"Imported {counted(len(report.threads), 'thread')} ({some(report.threads, 10)}), "
                              f"{counted(report.checkpoints, 'checkpoint')}, {counted(report.writes, 'write')}"
-                             + (f"; replaced {', '.join(report.replaced)}" if report.replaced else "") + ".",
+                             + (f"; replaced {some(report.replaced, 10)}" if report.replaced else "") + ".",
                              markup=False)
         return 0
 
-    _guard(debug, body)
+    _guard(debug, body, "Interrupted: what was written is removed; the database is as it was.")
 
 
 @app.command()
@@ -732,7 +742,7 @@ def migrate(
                              markup=False)
         return 0
 
-    _guard(debug, body)
+    _guard(debug, body, "Interrupted: what was copied is removed; the target database is as it was.")
 
 
 @app.command()
@@ -772,7 +782,8 @@ def prune(
             out.print(f"Database file and WAL: {report.file_bytes_before / 1024:.0f} KiB -> "
                       f"{report.file_bytes_after / 1024:.0f} KiB.", markup=False)
 
-    _read(db, debug, body)
+    _read(db, debug, body, "Interrupted: the threads trimmed so far stay trimmed, the others are as they were "
+                           "(every one whole); run it again to go on.")
 
 
 def escape_markup(text: str) -> str:

@@ -21,6 +21,11 @@ def counted(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
+def some(names: list[str], most: int) -> str:
+    """Names for one line: the first `most` of them, and how many more ("a, b and 598 more")."""
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
 SHORT_ID = 13  # "1f1e71e4-3875": LangGraph ids share a time prefix, and differ from about here on
 
 

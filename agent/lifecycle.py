@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from agent.errors import BadInput, StorageError, ThreadExists, ThreadNotFound
+from agent.history import some
 
 
 @dataclass(frozen=True)
@@ -196,25 +197,51 @@ def import_file(saver, path: Path, renames: dict[str, str], overwrite: bool,
     targets = {t: renames.get(t, t) for t in threads}
     taken = sorted(t for t in targets.values() if exists(t))
     if taken and not overwrite:
-        raise ThreadExists(f"thread {', '.join(repr(t) for t in taken)} already exists: import with "
-                           "--rename OLD=NEW, or --overwrite to replace it")
+        raise ThreadExists(f"{_threads(taken)} already {_exist(taken)}: import with --rename OLD=NEW, or "
+                           "--overwrite to replace it")
     # A thread to replace is first imported beside it; only a complete copy takes its place.
     staging = {t: (f"{target}~import-{uuid.uuid4().hex[:8]}" if target in taken else target)
                for t, target in targets.items()}
     try:
         _write(saver, path, staging, index, sealed, lambda: on_checkpoint(checkpoints))
-    except Exception as exc:
+    except BaseException as exc:  # Ctrl+C too: all or nothing
         for name in staging.values():
             delete(name)
+        if not isinstance(exc, Exception):
+            raise
         raise StorageError(f"import of {path.name} failed while writing ({type(exc).__name__}: {exc}); "
                            "what was written is removed, nothing changed") from None
+    # Every copy is whole: now each replaces its thread. Ctrl+C here is held off until all are replaced (a
+    # swap cut short is done again from its start), then raised, saying so: stopping at once left a thread
+    # half-written beside its staging copy (prune, which trims through this, showed both).
+    interrupted = False
     for source, target in targets.items():
         if staging[source] != target:
-            delete(target)
-            _write(saver, path, {source: target}, index, sealed)  # should this fail, the staging copy stays, whole
-            delete(staging[source])
+            try:
+                _swap(saver, path, source, target, staging[source], index, sealed, delete)
+            except KeyboardInterrupt:
+                interrupted = True
+                _swap(saver, path, source, target, staging[source], index, sealed, delete)
+    if interrupted:
+        raise KeyboardInterrupt("the import had reached its last stage and finished: every thread was replaced")
     return TransferReport(threads=sorted(targets.values()), checkpoints=checkpoints, writes=writes,
                           renamed={k: v for k, v in renames.items()}, replaced=taken)
+
+
+def _swap(saver, path: Path, source: str, target: str, copy: str, index, sealed, delete) -> None:
+    """Thread `target` replaced by the file's thread `source`, whose whole copy is thread `copy`."""
+    delete(target)
+    _write(saver, path, {source: target}, index, sealed)  # should this fail, the staging copy stays, whole
+    delete(copy)
+
+
+def _threads(names: list[str]) -> str:
+    """Thread names for a message: the first five, and how many more."""
+    return f"thread{'s' if len(names) > 1 else ''} {some([repr(t) for t in names], 5)}"
+
+
+def _exist(names: list[str]) -> str:
+    return "exists" if len(names) == 1 else "exist"
 
 
 def migrate(source, target, threads: list[str], counts: dict[str, int], exists: Callable[[str], bool],
@@ -234,14 +261,16 @@ def migrate(source, target, threads: list[str], counts: dict[str, int], exists: 
     total = sum(counts[t] for t in threads)
     taken = sorted(t for t in threads if exists(t))
     if taken:
-        raise ThreadExists(f"thread {', '.join(repr(t) for t in taken)} already exists in the target database; "
-                           "delete it there first, or export and import with --rename")
+        raise ThreadExists(f"{_threads(taken)} already {_exist(taken)} in the target database; delete "
+                           f"{'it' if len(taken) == 1 else 'them'} there first, or export and import with --rename")
     sealed = source.serde if encrypted(getattr(source, "serde", None)) else None
     checkpoints = writes = 0
+    started: list[str] = []  # what the target may hold of this migration (no other thread is touched)
     try:
         with tempfile.TemporaryDirectory(prefix="agent-migrate-") as workdir:
             path = Path(workdir) / "thread.jsonl"
             for thread in threads:
+                started.append(thread)
                 with path.open("w", encoding="utf-8") as f:
                     for record in export_records(source, [thread]):
                         line = json_line(record)
@@ -249,9 +278,11 @@ def migrate(source, target, threads: list[str], counts: dict[str, int], exists: 
                 _, counted, written, index = _scan(path, sealed)
                 _write(target, path, {thread: thread}, index, sealed, lambda: on_checkpoint(total))
                 checkpoints, writes = checkpoints + counted, writes + written
-    except Exception as exc:
-        for thread in threads:
+    except BaseException as exc:  # Ctrl+C too: all or nothing
+        for thread in started:
             delete(thread)
+        if not isinstance(exc, Exception):
+            raise
         raise StorageError(f"migration failed ({type(exc).__name__}: {exc}); the target is as it was") from None
     return TransferReport(threads=list(threads), checkpoints=checkpoints, writes=writes)
 

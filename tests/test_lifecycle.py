@@ -1,9 +1,13 @@
 """Backing up, moving and removing threads: export/import round trips across backends, hostile files that
 change nothing, migrate, delete."""
 
+import contextlib
 import dataclasses
 import io
 import json
+import signal
+import sqlite3
+import time
 
 import pytest
 
@@ -67,7 +71,7 @@ def test_migrate_on_the_command_line(cli, db_url, tmp_path):
     with Agent(db=db_url) as agent:
         assert {t: record(agent, t) for t in ("t1", "t2")} == expected
     again = cli("migrate", "--from", source, "--to", db_url)
-    assert again.returncode == 2 and "already exists" in again.stderr
+    assert again.returncode == 2 and "threads 't1', 't2' already exist in the target database" in again.stderr
 
 
 def test_migrate_export_and_import_of_what_is_not_there_say_so_in_one_line(cli, tmp_path):
@@ -297,6 +301,116 @@ def test_export_import_and_migrate_report_each_checkpoint(tmp_path):
         with Agent(db=f"sqlite:///{tmp_path / 'b.db'}") as target:
             agent.migrate_to(target, ["t"], on_checkpoint=migrated.append)
         assert checkpoints > 3 and exported == imported == migrated == [checkpoints] * checkpoints
+
+
+def _ctrl_c_at(n: int):
+    """An on_checkpoint that is cut short, as by Ctrl+C, at the n-th checkpoint written."""
+    seen = []
+
+    def written(total: int) -> None:
+        seen.append(total)
+        if len(seen) == n:
+            raise KeyboardInterrupt
+
+    return written
+
+
+def test_migrate_and_import_cut_short_by_ctrl_c_change_nothing(db_url, tmp_path):
+    """All or nothing holds for Ctrl+C too: it left the threads copied so far in the target (and a migration
+    run again refused them), and an import's staging copy beside the thread it was to replace."""
+    source = f"sqlite:///{tmp_path / 'source.db'}"
+    with Agent(db=source) as agent, Agent(db=db_url) as target:
+        seed(agent)
+        agent.reason("What is 9*9?", thread="t3")
+        with pytest.raises(KeyboardInterrupt):
+            agent.migrate_to(target, on_checkpoint=_ctrl_c_at(len(agent.history("t1")) + 3))
+        assert target.threads() == []
+        target.reason("What is 1+1?", thread="mine")  # another's thread, made meanwhile: left alone
+        with pytest.raises(KeyboardInterrupt):
+            agent.migrate_to(target, ["t1", "t2"], on_checkpoint=_ctrl_c_at(2))
+        assert [t.thread_id for t in target.threads()] == ["mine"]
+        assert sorted(agent.migrate_to(target).threads) == ["t1", "t2", "t3"]  # run again, it goes through
+        expected = record(target, "t1")
+
+        path = tmp_path / "t1.jsonl"
+        with path.open("w") as f:
+            agent.export(f, ["t1"])
+        target.replay("t1", target.history("t1")[2].checkpoint_id)  # the target's t1 moves on from the file's
+        before = record(target, "t1")
+        with pytest.raises(KeyboardInterrupt):
+            target.import_file(path, overwrite=True, on_checkpoint=_ctrl_c_at(4))
+        assert record(target, "t1") == before != expected
+        assert sorted(t.thread_id for t in target.threads()) == ["mine", "t1", "t2", "t3"]  # no staging copy
+        with pytest.raises(KeyboardInterrupt):
+            target.import_file(path, renames={"t1": "t9"}, on_checkpoint=_ctrl_c_at(1))
+        assert "t9" not in [t.thread_id for t in target.threads()]
+
+
+def test_ctrl_c_while_an_import_replaces_threads_lets_it_finish_first(tmp_path):
+    """Once every staging copy is whole, an overwriting import replaces the threads one by one; a Ctrl+C then
+    (here, right after the first old thread is deleted) left that thread gone and both copies under their
+    staging names - prune, which trims through such an import, showed them as threads."""
+    from agent.lifecycle import import_file
+
+    path = tmp_path / "both.jsonl"
+    with Agent(db=f"sqlite:///{tmp_path / 'a.db'}") as agent:
+        seed(agent)
+        with path.open("w") as f:
+            agent.export(f, ["t1", "t2"])
+        expected = {t: record(agent, t) for t in ("t1", "t2")}
+        agent.replay("t1", agent.history("t1")[2].checkpoint_id)
+        agent.resume("t2")
+        deleted = []
+
+        def delete(thread: str) -> None:
+            agent._erase(thread)
+            deleted.append(thread)
+            if deleted == ["t1"]:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt, match="finished: every thread was replaced"):
+            import_file(agent._core.saver, path, {}, True, agent._exists, delete)
+        assert {t: record(agent, t) for t in ("t1", "t2")} == expected
+        assert sorted(t.thread_id for t in agent.threads()) == ["t1", "t2"]
+
+
+def test_migrate_interrupted_on_the_command_line_says_so_and_leaves_the_target_as_it_was(cli, tmp_path):
+    from test_cli import one_error_line
+
+    source, target = f"sqlite:///{tmp_path / 'source.db'}", tmp_path / "target.db"
+    with Agent(db=source) as agent:
+        agent.reason(QUESTION, thread="t")
+        head = agent.history("t")[-1].checkpoint_id
+        for i in range(300):
+            agent.branch("t", head, f"copy-{i}")
+    run = cli.popen("migrate", "--from", source, "--to", f"sqlite:///{target}")
+    deadline = time.monotonic() + 60
+    while not _holds_checkpoints(target):  # the migration is under way
+        assert run.poll() is None and time.monotonic() < deadline, run.communicate()
+        time.sleep(0.02)
+    run.send_signal(signal.SIGINT)
+    out, err = run.communicate(timeout=60)
+    assert run.returncode == 130, err
+    assert "Traceback" not in err  # below the progress bar, one line:
+    assert err.strip().splitlines()[-1] == "Interrupted: what was copied is removed; the target database is as it was."
+    with Agent(db=f"sqlite:///{target}") as agent:
+        assert agent.threads() == []
+    again = cli("migrate", "--from", source, "--to", f"sqlite:///{target}")
+    assert again.returncode == 0 and "Copied 301 threads" in again.stdout, again.stderr
+    once_more = cli("migrate", "--from", source, "--to", f"sqlite:///{target}")  # named in one short line
+    assert once_more.returncode == 2 and one_error_line(once_more) == (
+        "error: threads 'copy-0', 'copy-1', 'copy-10', 'copy-100', 'copy-101' and 296 more already exist in the "
+        "target database; delete them there first, or export and import with --rename")
+
+
+def _holds_checkpoints(path) -> bool:
+    if not path.exists():
+        return False
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        try:
+            return conn.execute("SELECT count(*) FROM checkpoints").fetchone()[0] > 0
+        except sqlite3.OperationalError:  # not made yet
+            return False
 
 
 def test_an_export_holds_the_checkpoints_of_subgraphs(db_url, tmp_path, request):
