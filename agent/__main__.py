@@ -85,9 +85,13 @@ def _fail(message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
-def _guard(debug: bool, body: Callable[[], int], interrupted: str = "Interrupted.") -> None:
-    """Run a command body: known errors become one line on stderr and their exit code; Ctrl+C, `interrupted`
-    (what the command leaves behind when cut short)."""
+def _guard(debug: bool, body: Callable[[], int], interrupted: str | None = None) -> None:
+    """Run a command body: known errors become one line on stderr and their exit code. Ctrl+C prints
+    `interrupted`: what a command that cleans up when cut short leaves behind. Such a command (export, import,
+    migrate, prune) cleans up on SIGTERM too - a service manager stopping it, `docker stop` - which would
+    otherwise end the process where it stands (half a migration in the target, a stray temporary file)."""
+    if interrupted is not None:
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         code = body()
     except AgentError as exc:
@@ -95,7 +99,7 @@ def _guard(debug: bool, body: Callable[[], int], interrupted: str = "Interrupted
             raise
         _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
-        print(interrupted, file=sys.stderr)
+        print(interrupted or "Interrupted.", file=sys.stderr)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except (typer.Exit, typer.Abort):
         raise
@@ -108,6 +112,10 @@ def _guard(debug: bool, body: Callable[[], int], interrupted: str = "Interrupted
             raise
         _fail(f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", EXIT_FAILED)
     raise typer.Exit(code)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 class _Progress:
@@ -301,7 +309,7 @@ def _print_json(data: Any) -> None:
     print(json.dumps(data, ensure_ascii=False, default=str))
 
 
-def _read(db: str | None, debug: bool, body: Callable[[Any], None], interrupted: str = "Interrupted.") -> None:
+def _read(db: str | None, debug: bool, body: Callable[[Any], None], interrupted: str | None = None) -> None:
     """A read-only command: open the database (never create it) and show something from it."""
 
     def run() -> int:

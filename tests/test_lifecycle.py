@@ -374,7 +374,8 @@ def test_ctrl_c_while_an_import_replaces_threads_lets_it_finish_first(tmp_path):
         assert sorted(t.thread_id for t in agent.threads()) == ["t1", "t2"]
 
 
-def test_migrate_interrupted_on_the_command_line_says_so_and_leaves_the_target_as_it_was(cli, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])  # Ctrl+C; a service manager, docker stop
+def test_migrate_interrupted_on_the_command_line_says_so_and_leaves_the_target_as_it_was(cli, tmp_path, stop):
     from test_cli import one_error_line
 
     source, target = f"sqlite:///{tmp_path / 'source.db'}", tmp_path / "target.db"
@@ -388,7 +389,7 @@ def test_migrate_interrupted_on_the_command_line_says_so_and_leaves_the_target_a
     while not _holds_checkpoints(target):  # the migration is under way
         assert run.poll() is None and time.monotonic() < deadline, run.communicate()
         time.sleep(0.02)
-    run.send_signal(signal.SIGINT)
+    run.send_signal(stop)
     out, err = run.communicate(timeout=60)
     assert run.returncode == 130, err
     assert "Traceback" not in err  # below the progress bar, one line:
