@@ -711,7 +711,7 @@ def import_command(
             except KeyboardInterrupt as exc:
                 if not exc.args:
                     raise
-                print(f"Interrupted, but {exc.args[0]}.", file=sys.stderr)
+                print(f"Interrupted: {exc.args[0]}.", file=sys.stderr)
                 return EXIT_INTERRUPTED
         if as_json:
             _print_json(report.to_dict())

@@ -221,9 +221,13 @@ def import_file(saver, path: Path, renames: dict[str, str], overwrite: bool,
                 _swap(saver, path, source, target, staging[source], index, sealed, delete)
             except KeyboardInterrupt:
                 interrupted = True
-                _swap(saver, path, source, target, staging[source], index, sealed, delete)
+                try:
+                    _swap(saver, path, source, target, staging[source], index, sealed, delete)
+                except KeyboardInterrupt:
+                    raise KeyboardInterrupt(f"stopped again while replacing threads: thread {target!r} may be "
+                                            f"incomplete, its whole copy is thread {staging[source]!r}") from None
     if interrupted:
-        raise KeyboardInterrupt("the import had reached its last stage and finished: every thread was replaced")
+        raise KeyboardInterrupt("the import had reached its last stage, and finished it: every thread was replaced")
     return TransferReport(threads=sorted(targets.values()), checkpoints=checkpoints, writes=writes,
                           renamed={k: v for k, v in renames.items()}, replaced=taken)
 

@@ -370,7 +370,7 @@ def test_ctrl_c_while_an_import_replaces_threads_lets_it_finish_first(tmp_path):
             if len(deleted) == 1:  # the first old thread to go (the file's threads come in no set order)
                 raise KeyboardInterrupt
 
-        with pytest.raises(KeyboardInterrupt, match="finished: every thread was replaced"):
+        with pytest.raises(KeyboardInterrupt, match="and finished it: every thread was replaced"):
             import_file(agent._core.saver, path, {}, True, agent._exists, delete)
         assert {t: record(agent, t) for t in ("t1", "t2")} == expected
         assert sorted(t.thread_id for t in agent.threads()) == ["t1", "t2"]
