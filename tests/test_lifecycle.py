@@ -327,7 +327,7 @@ def test_migrate_and_import_cut_short_by_ctrl_c_change_nothing(db_url, tmp_path)
         with pytest.raises(KeyboardInterrupt):
             agent.migrate_to(target, on_checkpoint=_ctrl_c_at(len(agent.history("t1")) + 3))
         assert target.threads() == []
-        target.reason("What is 1+1?", thread="mine")  # another's thread, made meanwhile: left alone
+        target.reason("What is 1+1?", thread="mine")  # a thread of the target's own: the clean-up leaves it
         with pytest.raises(KeyboardInterrupt):
             agent.migrate_to(target, ["t1", "t2"], on_checkpoint=_ctrl_c_at(2))
         assert [t.thread_id for t in target.threads()] == ["mine"]
