@@ -161,10 +161,11 @@ def _scan(path: Path, sealed=None) -> tuple[set[str], int, int, Index]:
 
 
 def _write(saver, path: Path, names: dict[str, str], index: Index, sealed=None,
-           on_checkpoint: Callable[[], None] = lambda: None) -> None:
+           on_checkpoint: Callable[[], None] = lambda: None, begun: list[str] | None = None) -> None:
     """Second pass: write the records of the threads in `names`, each under its name there, oldest checkpoint
     first (an export lists them newest first): so each is put after its parent, with only the channels that
-    changed as new, and an imported thread takes the room the original did (transfer.Restorer)."""
+    changed as new, and an imported thread takes the room the original did (transfer.Restorer). `begun`
+    gets each name as its writing starts: what a clean-up has to remove, and nothing else."""
     from savers.threads import revive
     from savers.transfer import Checkpoint, Restorer, record_reader
 
@@ -173,6 +174,8 @@ def _write(saver, path: Path, names: dict[str, str], index: Index, sealed=None,
     restorer, read_record = Restorer(saver, names.__getitem__), record_reader()
     with path.open("rb") as f:
         for thread in names:
+            if begun is not None:
+                begun.append(names[thread])
             for _, places in reversed(index.get(thread, [])):
                 for offset, number in zip(places[::2], places[1::2]):
                     f.seek(offset)
@@ -202,10 +205,11 @@ def import_file(saver, path: Path, renames: dict[str, str], overwrite: bool,
     # A thread to replace is first imported beside it; only a complete copy takes its place.
     staging = {t: (f"{target}~import-{uuid.uuid4().hex[:8]}" if target in taken else target)
                for t, target in targets.items()}
+    begun: list[str] = []
     try:
-        _write(saver, path, staging, index, sealed, lambda: on_checkpoint(checkpoints))
-    except BaseException as exc:  # Ctrl+C too: all or nothing
-        for name in staging.values():
+        _write(saver, path, staging, index, sealed, lambda: on_checkpoint(checkpoints), begun)
+    except BaseException as exc:  # Ctrl+C too: all or nothing, and only its own (not a thread made meanwhile)
+        for name in begun:
             delete(name)
         if not isinstance(exc, Exception):
             raise
@@ -269,21 +273,20 @@ def migrate(source, target, threads: list[str], counts: dict[str, int], exists: 
                            f"{'it' if len(taken) == 1 else 'them'} there first, or export and import with --rename")
     sealed = source.serde if encrypted(getattr(source, "serde", None)) else None
     checkpoints = writes = 0
-    started: list[str] = []  # what the target may hold of this migration (no other thread is touched)
+    begun: list[str] = []  # what the target may hold of this migration (no other thread is touched)
     try:
         with tempfile.TemporaryDirectory(prefix="agent-migrate-") as workdir:
             path = Path(workdir) / "thread.jsonl"
             for thread in threads:
-                started.append(thread)
                 with path.open("w", encoding="utf-8") as f:
                     for record in export_records(source, [thread]):
                         line = json_line(record)
                         f.write(line if sealed is None else _seal_line(sealed, line))
                 _, counted, written, index = _scan(path, sealed)
-                _write(target, path, {thread: thread}, index, sealed, lambda: on_checkpoint(total))
+                _write(target, path, {thread: thread}, index, sealed, lambda: on_checkpoint(total), begun)
                 checkpoints, writes = checkpoints + counted, writes + written
     except BaseException as exc:  # Ctrl+C too: all or nothing
-        for thread in started:
+        for thread in begun:
             delete(thread)
         if not isinstance(exc, Exception):
             raise
