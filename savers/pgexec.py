@@ -66,13 +66,13 @@ def execute(conn: psycopg.Connection, sql: str, params: Sequence[Any]) -> int:
     session = _SESSIONS.get(conn)
     if session is None:
         session = _SESSIONS[conn] = _Session(conn)
-    try:
-        types = tuple([_OIDS[type(p)] for p in params])
-    except KeyError:
-        return _through_cursor(conn, sql, params)
+    types: list[int] = []
     values: list[bytes | None] = []
     formats: list[int] = []
     for p in params:
+        if (oid := _OIDS.get(type(p))) is None:
+            return _through_cursor(conn, sql, params)
+        types.append(oid)
         if type(p) is str:
             if "\x00" in p:
                 return _through_cursor(conn, sql, params)
@@ -93,24 +93,22 @@ def execute(conn: psycopg.Connection, sql: str, params: Sequence[Any]) -> int:
             formats.append(0)
         else:
             return _through_cursor(conn, sql, params)
-    result = _run(conn, session, sql, types, values, formats)
+    result = _run(conn, session, sql, tuple(types), values, formats)
     return result.command_tuples or 0
 
 
 def _run(conn, session: _Session, sql: str, types: tuple[int, ...], values, formats, *,
          again: bool = True) -> pq.abc.PGresult:
     pgconn = conn.pgconn
-    if not session.prepare:
-        return _checked(conn, session, pgconn.exec_params(_dollars(sql), values, types, formats, 0))
     key = (sql, types)
     name = session.names.get(key)
-    if name is None:
-        if len(session.names) >= MAX_PREPARED:
-            return _checked(conn, session, pgconn.exec_params(_dollars(sql), values, types, formats, 0))
+    if name is None and session.prepare and len(session.names) < MAX_PREPARED:
         name = f"agent_hot_{session.made}".encode()
         session.made += 1
         _checked(conn, session, pgconn.prepare(name, _dollars(sql), types))
         session.names[key] = name
+    if name is None:  # prepared statements off, or this connection holds its most
+        return _checked(conn, session, pgconn.exec_params(_dollars(sql), values, types, formats, 0))
     result = pgconn.exec_prepared(name, values, formats, 0)
     if again and result.status != _COMMAND_OK and \
             result.error_field(pq.DiagnosticField.SQLSTATE) == _UNDEFINED_STATEMENT:
