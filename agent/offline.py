@@ -39,6 +39,9 @@ _WORDS = [
 ]
 _EXPRESSION = re.compile(r"[\d.\s+\-*/%()]+")
 _OPERATOR = re.compile(r"\d\s*(\*\*|[+\-*/%])|[-(]\s*\d")
+# A letter, digit or underscore right beside an expression: it is part of a number (1e3, 0x10, 1_000) or a
+# word (x2) this model does not read.
+_GLUED = re.compile(r"[\w]")
 # Bounds that keep a hostile question from eating memory: 9**9**9 is a short string.
 _MAX_EXPONENT = 1000
 _MAX_DIGITS = 4000
@@ -58,12 +61,27 @@ def _symbols(text: str) -> str:
 
 
 def extract_expression(question: str) -> str:
-    """The arithmetic expression inside a question, e.g. 'What is 17*23+4?' -> '17*23+4'."""
-    candidates = [m.group().strip() for m in _EXPRESSION.finditer(_symbols(question))]
-    candidates = [c.rstrip(".").strip() for c in candidates if _OPERATOR.search(c)]
+    """The arithmetic expression inside a question, e.g. 'What is 17*23+4?' -> '17*23+4'.
+
+    Only a question with exactly one, standing on its own: numbers written in a notation this model does not
+    read (1e3, 0x10, 1_000) would otherwise be read in part - '1e308*10' as 308*10 - and the validator,
+    reading the question the same way, would pass the wrong answer; and of two expressions ('2+2 and 3+3')
+    one would be answered as if it were the whole question."""
+    text = _symbols(question)
+    candidates = [m for m in _EXPRESSION.finditer(text) if _OPERATOR.search(m.group())]
     if not candidates:
         raise CannotAnswer("no arithmetic expression in the question")
-    return max(candidates, key=len)
+    if len(candidates) > 1:
+        found = ", ".join(f"'{m.group().strip().rstrip('.').strip()}'" for m in candidates[:3])
+        raise CannotAnswer(f"the question holds more than one expression ({found}): ask one at a time")
+    expression = candidates[0].group().strip()
+    start = candidates[0].start() + candidates[0].group().index(expression)
+    end = start + len(expression)
+    if _GLUED.match(text[start - 1:start] if start else "") or _GLUED.match(text[end:end + 1]):
+        word = re.search(r"\w*\Z", text[:start]).group() + expression + re.match(r"\w*", text[end:]).group()
+        raise CannotAnswer(f"'{word}' holds a number written in a way this model does not read "
+                           "(only plain decimals like 1000 or 2.5 are read)")
+    return expression.rstrip(".").strip()
 
 
 def _parse(expression: str) -> ast.expr:
@@ -139,7 +157,8 @@ def _apply(op: str, a: Fraction, b: Fraction | None = None) -> Fraction:
     if op == "modulo":
         return a % b
     if b.denominator != 1 or abs(b) > _MAX_EXPONENT:
-        raise CannotAnswer(f"exponent {format_number(b)} is out of range")
+        raise CannotAnswer(f"exponent {format_number(b)} is not understood: only whole exponents from "
+                           f"-{_MAX_EXPONENT} to {_MAX_EXPONENT} are")
     if a == 0 and b < 0:
         raise CannotAnswer("division by zero")
     result = a**b.numerator

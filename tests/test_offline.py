@@ -61,6 +61,15 @@ def test_agrees_with_python_on_random_integer_expressions():
     "What is 5/0?",
     "What is 9**9**9?",
     "What is 42?",
+    # Numbers in notations it does not read were read in part (1e308*10 as 308*10 = 3080, validated), and of
+    # two expressions one was answered as if it were the whole question.
+    "What is 1e308*10?",
+    "What is 2e3+1?",
+    "Compute 5 + 1e-3",
+    "What is 0x10 + 1?",
+    "What is 1_000+1?",
+    "What is 2+2 and 3+3?",
+    "On 2024-01-01, what is 2+2?",
 ])
 def test_honest_about_what_it_cannot_answer(question):
     reply = respond("Plan", prompts.plan_messages(question)[-1][1])
