@@ -17,7 +17,6 @@ The tips of those chains live in memory per saver (a bounded LRU); a cold cache 
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 from collections import OrderedDict
@@ -186,8 +185,20 @@ def is_inline(value: Any) -> bool:
     if value is None or isinstance(value, (bool, int)):
         return True
     if isinstance(value, float):
-        return math.isfinite(value)
-    return isinstance(value, str) and len(value) <= INLINE_STR_MAX and "\x00" not in value
+        # JSON's number is Postgres' numeric: 1e16 comes back an int, -0.0 as 0.0. Written without an exponent
+        # (repr) and not -0.0, a float comes back the float it was; others are stored apart, exactly.
+        return math.isfinite(value) and "e" not in repr(value) and (value != 0 or math.copysign(1.0, value) > 0)
+    return isinstance(value, str) and len(value) <= INLINE_STR_MAX and "\x00" not in value and \
+        (value.isascii() or _utf8(value))
+
+
+def _utf8(text: str) -> bool:
+    """Whether text is valid Unicode (a lone surrogate is not: JSON cannot hold it)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def split_values(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -250,8 +261,19 @@ def dump_metadata(metadata: Mapping[str, Any]) -> bytes:
     """Checkpoint metadata as UTF-8 JSON, as the official SQLite saver stores it (orjson: 10x faster)."""
     try:
         return orjson.dumps(metadata, option=orjson.OPT_NON_STR_KEYS)
-    except (TypeError, orjson.JSONEncodeError):  # what orjson refuses (lone surrogates), json drops
-        return json.dumps(metadata, ensure_ascii=False).encode("utf-8", "ignore")
+    except (TypeError, orjson.JSONEncodeError):  # lone surrogates, which JSON cannot hold: dropped
+        return orjson.dumps(_valid_text(metadata), option=orjson.OPT_NON_STR_KEYS)
+
+
+def _valid_text(value: Any) -> Any:
+    """value with lone surrogates dropped from its strings (keys too), for JSON."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "ignore").decode()
+    if isinstance(value, Mapping):
+        return {_valid_text(k): _valid_text(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_valid_text(v) for v in value]
+    return value
 
 
 def array_header_size(data: bytes) -> int:
@@ -377,6 +399,8 @@ class Chains:
             key = version if here is None else here
             type_, data = serde.dumps_typed(value)
             tip = entry.tips.get(channel) if entry is not None else None
+            if tip is not None and here is not None and any(frame[0] == here for frame in tip.frames.values()):
+                tip = None  # this checkpoint put again: its value must not extend its own row (stored whole)
             encoded.blobs[channel], new_tip = self._maybe_delta(tip, value, type_, data, key, fenwick=True)
             if new_tip is not None:
                 encoded.tips[channel] = new_tip

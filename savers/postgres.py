@@ -15,7 +15,6 @@ from contextlib import asynccontextmanager, contextmanager, nullcontext
 from functools import cached_property, lru_cache, partial
 from typing import Any
 
-import orjson
 import psycopg
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
@@ -38,6 +37,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from savers import pgexec
 from savers.cache import AsyncPostgresCache, PostgresCache
 from savers.compact import (
+    dump_metadata,
     decode_pending,
     unreadable,
     next_config,
@@ -81,6 +81,7 @@ from savers.threads import (
     prune_args,
     refuse_delta_threads,
     target_exists,
+    text_thread,
     thread_deleted,
     writer_conflict,
 )
@@ -283,7 +284,7 @@ def _jsonb(value: Any) -> Jsonb:
 
 
 def _dumps(value: Any) -> bytes:
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+    return dump_metadata(value)  # lone surrogates dropped, as the SQLite saver drops them, instead of failing
 
 
 class _Rows:
@@ -426,7 +427,7 @@ class _Rows:
     def _list_query(self, config, filter, before, limit) -> tuple[str, list, dict]:
         """The list query, and the filter on sealed metadata keys left to apply after reading (then the
         limit is applied after it too)."""
-        filter, sealed = split_filter(self.serde, filter)
+        config, (filter, sealed) = text_thread(config), split_filter(self.serde, filter)
         where, args = self._search_where(config, filter, before)
         if limit is None or sealed:
             return _SELECT + where + " ORDER BY checkpoint_id DESC", list(args), sealed
@@ -586,7 +587,7 @@ class Postgres(_Rows, PostgresSaver):
 
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         configurable = config["configurable"]
-        thread_id, ns = configurable["thread_id"], configurable.get("checkpoint_ns", "")
+        thread_id, ns = str(configurable["thread_id"]), configurable.get("checkpoint_ns", "")
         with self._cursor() as cur:
             if checkpoint_id := get_checkpoint_id(config):
                 rows = cur.execute(SELECT_ONE_SQL, (thread_id, ns, checkpoint_id)).fetchall()
@@ -594,7 +595,7 @@ class Postgres(_Rows, PostgresSaver):
                 rows = cur.execute(SELECT_LATEST_SQL, (thread_id, ns)).fetchall()
             tuples = self._load(cur, rows, seed=True)
         if not tuples and not checkpoint_id:  # nothing stored in this thread and namespace
-            self.chains.start(str(thread_id), ns)
+            self.chains.start(thread_id, ns)
         return tuples[0] if tuples else None
 
     def list(self, config: RunnableConfig | None, *, filter: dict[str, Any] | None = None,
@@ -776,7 +777,7 @@ class AsyncPostgres(SyncWrappers, _Rows, AsyncPostgresSaver):
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         configurable = config["configurable"]
-        thread_id, ns = configurable["thread_id"], configurable.get("checkpoint_ns", "")
+        thread_id, ns = str(configurable["thread_id"]), configurable.get("checkpoint_ns", "")
         async with self._cursor() as cur:
             if checkpoint_id := get_checkpoint_id(config):
                 await cur.execute(SELECT_ONE_SQL, (thread_id, ns, checkpoint_id))
@@ -784,7 +785,7 @@ class AsyncPostgres(SyncWrappers, _Rows, AsyncPostgresSaver):
                 await cur.execute(SELECT_LATEST_SQL, (thread_id, ns))
             tuples = await self._load(cur, await cur.fetchall(), seed=True)
         if not tuples and not checkpoint_id:  # nothing stored in this thread and namespace
-            self.chains.start(str(thread_id), ns)
+            self.chains.start(thread_id, ns)
         return tuples[0] if tuples else None
 
     async def alist(self, config: RunnableConfig | None, *, filter: dict[str, Any] | None = None,

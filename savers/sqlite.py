@@ -79,6 +79,7 @@ from savers.threads import (
     prune_args,
     refuse_delta_threads,
     target_exists,
+    text_thread,
     thread_deleted,
     writer_conflict,
 )
@@ -440,7 +441,7 @@ class _Rows:
 
     def _list_plan(self, config, filter, before, limit) -> Plan:
         # Sealed metadata keys (encryption on) are matched after reading, so the limit is applied then too.
-        filter, sealed = split_filter(self.serde, filter)
+        config, (filter, sealed) = text_thread(config), split_filter(self.serde, filter)
         if limit is not None and not sealed and config is not None and \
                 config["configurable"].get("checkpoint_ns") is None:
             rows = yield from self._every_namespace_page(config, filter, before, int(limit))

@@ -19,6 +19,17 @@ class CheckpointNotFound(StorageError):
     """copy_thread was asked for the lineage of a checkpoint the source thread does not have."""
 
 
+def text_thread(config):
+    """A read's config with its thread id as text, as put stores it (str(thread_id)): so a thread put under an
+    int or a UUID is read back under it too (Postgres compared the int to text and failed: a graph invoked
+    with thread_id=5 could not start; SQLite could not bind a UUID)."""
+    configurable = (config or {}).get("configurable") or {}
+    thread_id = configurable.get("thread_id")
+    if thread_id is None or type(thread_id) is str:
+        return config
+    return {**config, "configurable": {**configurable, "thread_id": str(thread_id)}}
+
+
 def prune_args(thread_ids: Sequence[str], strategy: str) -> list[str]:
     """The thread ids to prune, after the same checks as the official Postgres saver."""
     if isinstance(thread_ids, str):

@@ -151,6 +151,102 @@ def test_the_async_savers_read_back_what_the_sync_ones_wrote(db_url):
         assert saver.get_tuple(config("t")).checkpoint["channel_values"]["items"][-1].startswith("item 30:")
 
 
+def _checkpoint(number: int, values: dict, version: str) -> dict:
+    return {**empty_checkpoint(), "id": f"1f000000-0000-6000-8000-{number:012}", "ts": "2024-01-01T00:00:00+00:00",
+            "channel_values": values, "channel_versions": {c: version for c in values}}
+
+
+def _root(thread) -> dict:
+    return {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
+
+
+ITEMS = [f"item {i} " + "x" * 40 for i in range(5)]
+
+
+class _Calls:
+    """The same saver calls, made on a sync saver or (through its a* methods) on an async one."""
+
+    def __init__(self, saver, is_async: bool) -> None:
+        self.saver, self.is_async = saver, is_async
+
+    async def __call__(self, name: str, *args, **kwargs):
+        if not self.is_async:
+            return getattr(self.saver, name)(*args, **kwargs)
+        if name == "list":
+            return [t async for t in self.saver.alist(*args, **kwargs)]
+        return await getattr(self.saver, "a" + name)(*args, **kwargs)
+
+
+def _on_each_saver(url: str, body) -> None:
+    """body(calls, reference) on the sync saver, then on the async one, each against an InMemorySaver."""
+    async def go():
+        with savers.open_saver(url) as saver:
+            await body(_Calls(saver, False), _Calls(InMemorySaver(), False), "sync")
+        async with savers.open_async_saver(url) as saver:
+            await body(_Calls(saver, True), _Calls(InMemorySaver(), False), "async")
+
+    asyncio.run(go())
+
+
+def test_a_checkpoint_put_twice_stays_readable(db_url):
+    """Review found: the second put stored the list as a delta of its own row, so every read of the thread,
+    by any saver later, failed with RecursionError (SQLite)."""
+    async def body(call, reference, kind):
+        for saver in (call, reference):
+            first = await saver("put", _root(kind), _checkpoint(1, {"items": ITEMS[:1]}, "1"),
+                                {"source": "input", "step": -1}, {"items": "1"})
+            for _ in range(2):
+                await saver("put", first, _checkpoint(2, {"items": ITEMS}, "2"), {"source": "loop", "step": 0},
+                            {"items": "2"})
+        got = (await call("get_tuple", _root(kind))).checkpoint["channel_values"]
+        assert got == (await reference("get_tuple", _root(kind))).checkpoint["channel_values"] == {"items": ITEMS}
+
+    _on_each_saver(db_url, body)
+    with savers.open_saver(db_url) as saver:  # and in a saver that remembers nothing of the puts
+        assert [t.checkpoint["channel_values"]["items"] for t in saver.list(_root("sync"))] == [ITEMS, ITEMS[:1]]
+
+
+@pytest.mark.parametrize("value", [1e16, 1.5e300, -0.0, 0.1, 123456789.0, "lone \ud800 surrogate"], ids=repr)
+def test_a_value_reads_back_as_it_was_put_with_its_type(db_url, value):
+    """Review found on Postgres (whose jsonb numbers are numeric): 1e16 read back as the int 10000000000000000,
+    -0.0 as 0.0, and a short string holding a lone surrogate made put fail."""
+    async def body(call, reference, kind):
+        for saver in (call, reference):
+            await saver("put", _root(kind), _checkpoint(1, {"v": value}, "1"), {"source": "input", "step": -1},
+                        {"v": "1"})
+        got = (await call("get_tuple", _root(kind))).checkpoint["channel_values"]["v"]
+        expected = (await reference("get_tuple", _root(kind))).checkpoint["channel_values"]["v"]
+        assert (type(got), repr(got)) == (type(expected), repr(expected))
+
+    _on_each_saver(db_url, body)
+
+
+def test_metadata_holding_a_lone_surrogate_is_stored_without_it(db_url):
+    async def body(call, reference, kind):
+        await call("put", _root(kind), _checkpoint(1, {"n": 1}, "1"), {"source": "input", "step": -1,
+                                                                       "note": "lone \ud800"}, {"n": "1"})
+        assert (await call("get_tuple", _root(kind))).metadata["note"] == "lone "
+
+    _on_each_saver(db_url, body)
+
+
+@pytest.mark.parametrize("thread", [5, __import__("uuid").UUID(int=7)], ids=["int", "uuid"])
+def test_a_thread_put_under_an_id_that_is_not_a_str_is_read_under_it(db_url, thread):
+    """Review found: put stored str(thread_id), but get_tuple and list passed the id to SQL as it was - on
+    Postgres an int failed ('operator does not exist: text = smallint': a graph invoked with thread_id=5
+    could not start), on SQLite a UUID could not be bound."""
+    async def body(call, reference, kind):
+        root = {"configurable": {"thread_id": thread, "checkpoint_ns": "", "kind": kind}}
+        await call("put", root, _checkpoint(1, {"n": 1}, "1"), {"source": "input", "step": -1}, {"n": "1"})
+        assert (await call("get_tuple", root)).checkpoint["channel_values"] == {"n": 1}
+        for limit in (None, 1):
+            assert [t.checkpoint["id"] for t in await call("list", root, limit=limit)] == [_checkpoint(1, {}, "")["id"]]
+        await call("delete_thread", thread)
+        assert await call("get_tuple", root) is None
+
+    _on_each_saver(db_url, body)
+
+
 # -- copy_thread, delete_for_runs, prune on the sync savers ---------------------------------------------------
 
 
