@@ -413,15 +413,20 @@ class _Core:
 
     def edit(self, snapshot, assignments: dict[str, Any], as_node: str | None) -> tuple[dict, str | None, dict]:
         """The update, the node it is attributed to, and the metadata that records the edit (`fork --set`)."""
-        from graphs.cot import NODES, State, plan_edit
+        from graphs.cot import EDITABLE, NODES, plan_edit, state_problem
         from langgraph.constants import START
 
         if not assignments:
             raise BadInput("nothing to change: give at least one --set path=value")
         values = dict(snapshot.values or {})
+        if "question" not in values:  # the input checkpoint (step -1): its question is still a pending write
+            raise BadInput(f"checkpoint {_checkpoint_id(snapshot)[:13]} holds no state yet (it is a run's input): "
+                           "edit from its next checkpoint, step 0 or later (see `history`)")
         edited = values
         for path, value in assignments.items():
-            edited = set_path(edited, path, value, tuple(State.__annotations__))
+            edited = set_path(edited, path, value, EDITABLE)
+        if problem := state_problem(edited):
+            raise BadInput(f"cannot make this edit: {problem}")
         update, node = plan_edit(values, edited)
         if as_node is not None:
             if as_node not in (*NODES, "input"):

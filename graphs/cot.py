@@ -5,6 +5,7 @@ Each node makes exactly one model call, so each call is its own checkpoint and a
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Callable, TypedDict
 
 from langchain_core.language_models import BaseChatModel
@@ -36,6 +37,27 @@ class State(TypedDict, total=False):
     validation: dict  # {"ok": bool, "answer": str, "reason": str}
     revisions: int
     usage: Annotated[dict, add_usage]
+
+
+# What an edit may set (`fork --set`): every field but usage, which the agent counts and an edit cannot change.
+EDITABLE = ("question", "plan", "results", "draft", "answer", "validation", "revisions")
+
+
+def state_problem(state: dict) -> str | None:
+    """What is wrong with an edited state's fields, if anything (a plan that is not a list of texts, say)."""
+    texts = {"question", "draft", "answer"}
+    for key, value in state.items():
+        if key in texts and not isinstance(value, str):
+            return f"'{key}' must be text, not {json.dumps(value)}"
+        if key in ("plan", "results") and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            return f"'{key}' must be a list of texts, not {json.dumps(value)}"
+        if key == "validation" and not isinstance(value, dict):
+            return f"'validation' must be a table, not {json.dumps(value)}"
+        if key == "revisions" and not (type(value) is int and value >= 0):
+            return f"'revisions' must be a whole number from 0, not {json.dumps(value)}"
+    if not str(state.get("question", "")).strip():
+        return "'question' must not be empty"
+    return None
 
 
 def fresh_state(question: str) -> State:

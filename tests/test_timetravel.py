@@ -127,15 +127,32 @@ def test_checkpoint_prefixes_work_like_git(finished):
 
 @pytest.mark.parametrize("values, message", [
     ({"plan.9": "x"}, "plan has 4 items"),
-    ({"colour": "x"}, "not a state field"),
+    ({"colour": "x"}, "not a field an edit can set"),
     ({"question.1": "x"}, "is a value"),
     ({}, "nothing to change"),
+    # Found trying the CLI: these were taken - the last recorded as an edit that changed nothing.
+    ({"question": [1, 2]}, "'question' must be text"),
+    ({"plan.2": 7}, "'plan' must be a list of texts"),
+    ({"revisions": -5}, "'revisions' must be a whole number"),
+    ({"question": " "}, "'question' must not be empty"),
+    ({"usage.llm_calls": 999}, "'usage' is not a field an edit can set"),
 ])
 def test_bad_edits_change_nothing(finished, values, message):
     count = len(finished.history("t1"))
     with pytest.raises(BadInput, match=message):
         finished.fork("t1", finished.history("t1")[3].checkpoint_id, values)
     assert len(finished.history("t1")) == count
+
+
+def test_an_edit_at_a_runs_input_checkpoint_is_refused_before_anything_runs(finished):
+    """Found trying the CLI: a fork from step -1 ran, failed on KeyError 'question', and left the thread's head
+    a failed branch that every resume failed again."""
+    rows = finished.history("t1")
+    assert rows[0].step == -1
+    with pytest.raises(BadInput, match="holds no state yet"):
+        finished.fork("t1", rows[0].checkpoint_id, {"plan.1": "Add 1 and 2"})
+    assert len(finished.history("t1")) == len(rows)
+    assert finished.threads()[0].status == "done"
 
 
 def test_threads_lists_status_and_branches(finished):
