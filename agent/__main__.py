@@ -185,8 +185,9 @@ def _resume_hint(thread: str, db: str) -> str:
     return f"python -m agent resume --thread {thread}{_db_flag(db)}"
 
 
-def _report(result, settings, as_json: bool) -> int:
-    """Print a run's outcome and return the exit code it maps to."""
+def _report(result, settings, as_json: bool, ran: bool = True) -> int:
+    """Print a run's outcome and return the exit code it maps to. A thread left where a run stands part-way
+    is a failure for a command that ran, what was asked for by one that did not (exit 0, how to run it)."""
     if as_json:
         print(json.dumps(result.to_dict(), ensure_ascii=False))
     else:
@@ -205,6 +206,11 @@ def _report(result, settings, as_json: bool) -> int:
                   f"{usage.input_tokens} in / {usage.output_tokens} out tokens, {dollars(usage.cost_usd)} · "
                   f"checkpoint {(result.checkpoint_id or '-')[:13]}[/]")
     if result.status == "done":
+        return 0
+    if not ran and result.status == "interrupted":
+        if not as_json:
+            _console().print(f"Edit recorded; nothing ran. Run on from it with: "
+                             f"{_escape(_resume_hint(result.thread_id, settings.db))}")
         return 0
     err = _console(stderr=True)
     reason = {"failed": f"run failed: {result.error}", "budget_exceeded": result.error}.get(
@@ -244,12 +250,13 @@ def _open_agent(flags: dict[str, Any], create: bool = True, plaintext_ok: bool =
 
 
 def _run(flags: dict[str, Any], thread: str, as_json: bool, call: Callable[[Any, Callable | None], Any],
-         create: bool = True, verb: str = "Resuming") -> int:
+         create: bool = True, verb: str = "Resuming", ran: bool = True) -> int:
+    """`ran`: False when the command records a checkpoint and runs nothing (`fork --no-run`)."""
     agent = _open_agent(flags, create)
     with agent:
         progress = _Progress(quiet=as_json, verb=verb)
         _exit_on_ctrl_c(progress, thread, agent.settings.db)
-        return _report(call(agent, progress), agent.settings, as_json)
+        return _report(call(agent, progress), agent.settings, as_json, ran)
 
 
 @app.command()
@@ -493,7 +500,7 @@ def fork(
         return _run(flags, thread, as_json,
                     lambda agent, progress: agent.fork(thread, checkpoint, values, as_node=as_node, run=not no_run,
                                                        fresh=fresh, on_event=progress),
-                    create=False, verb="Running on from the edit")
+                    create=False, verb="Running on from the edit", ran=not no_run)
 
     _guard(debug, body)
 

@@ -63,6 +63,31 @@ def test_a_different_question_on_a_thread_is_refused_unless_new(cli):
     assert json.loads(renewed.stdout)["answer"] == "2"
 
 
+def test_fork_no_run_records_the_edit_and_exits_0_saying_how_to_run_it(cli):
+    """Found trying the CLI: `fork --no-run` did what it was asked, then said 'error: run stopped before the
+    end' and exited 1."""
+    assert cli("reason", QUESTION, "--thread", "t1").returncode == 0
+    rows = json.loads(cli("history", "--thread", "t1", "--json").stdout)
+    at = next(row["checkpoint_id"] for row in rows if row["step"] == 2)
+    forked = cli("fork", "--thread", "t1", "-c", at, "--set", "plan.2=Add the result of step 1 and 5", "--no-run")
+    assert forked.returncode == 0 and not forked.stderr, forked.stderr
+    assert "nothing ran" in forked.stdout and "python -m agent resume --thread t1" in forked.stdout
+    as_json = cli("fork", "--thread", "t1", "-c", at, "--set", "plan.2=Add the result of step 1 and 6", "--no-run",
+                  "--json")
+    assert as_json.returncode == 0 and json.loads(as_json.stdout)["status"] == "interrupted"
+    assert json.loads(cli("resume", "--thread", "t1", "--json").stdout)["status"] == "done"
+
+
+def test_an_edit_of_the_wrong_kind_is_one_line(cli):
+    assert cli("reason", QUESTION, "--thread", "t1").returncode == 0
+    rows = json.loads(cli("history", "--thread", "t1", "--json").stdout)
+    for args, message in (((rows[2]["checkpoint_id"], "revisions=-5"), "'revisions' must be a whole number"),
+                          ((rows[0]["checkpoint_id"], "plan.1=Add 1 and 2"), "holds no state yet")):
+        refused = cli("fork", "--thread", "t1", "-c", args[0], "--set", args[1])
+        assert refused.returncode == 2 and message in one_error_line(refused)
+    assert len(json.loads(cli("history", "--thread", "t1", "--json").stdout)) == len(rows)
+
+
 def test_storage_is_chosen_from_flag_then_env_then_agent_toml(cli, tmp_path):
     (tmp_path / "agent.toml").write_text('db = "sqlite:///from_toml.db"\n')
     assert cli("reason", "What is 1+2?", "--thread", "a").returncode == 0
