@@ -57,6 +57,19 @@ class Retention(BaseModel):
     older_than: str | None = None
     keep_completed: bool = False
 
+    @field_validator("older_than")
+    @classmethod
+    def _age(cls, value: str | None) -> str | None:
+        """Checked when the file is read, not after a run has stored its answer (as it was)."""
+        from agent.errors import BadInput
+        from agent.lifecycle import parse_age
+
+        try:
+            value is None or parse_age(value)
+        except BadInput:
+            raise PydanticCustomError("age", f"{value!r} is not an age like 30d, 12h, 90m, 45s or 2w") from None
+        return value
+
 
 class ModelPrice(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

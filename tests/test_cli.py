@@ -150,6 +150,8 @@ def test_resume_of_an_unknown_thread_names_it(cli, db_url):
     ("db = [\n", "agent.toml is not valid TOML"),
     ('colour = "blue"\n', "unknown setting 'colour'"),
     ("max_revisions = -1\n", "max_revisions"),
+    # Was read only after a run had stored its answer (whose lines were then never printed), naming a flag.
+    ('[retention]\nolder_than = "banana"\n', "retention.older_than: 'banana' is not an age"),
 ])
 def test_invalid_agent_toml_is_one_line(cli, content, message):
     (cli.cwd / "agent.toml").write_text(content)
