@@ -21,6 +21,7 @@ from agent.errors import AgentError, BadInput
 from agent.history import counted, some
 
 EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a C tool killed by it
 
 app = typer.Typer(
     name="agent",
@@ -101,6 +102,9 @@ def _guard(debug: bool, body: Callable[[], int], interrupted: str | None = None)
     except KeyboardInterrupt:
         print(interrupted or "Interrupted.", file=sys.stderr)
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    except BrokenPipeError:  # the reader went away (`export | head`): stop quietly, as a Unix tool does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more reaches the closed pipe
+        raise typer.Exit(EXIT_BROKEN_PIPE) from None
     except (typer.Exit, typer.Abort):
         raise
     except Exception as exc:  # a bug or an unforeseen fault: still one line, unless asked for more
@@ -811,7 +815,8 @@ def ui(
     host: Annotated[str, typer.Option(
         "--host", help="Address to listen on. Anything but this machine (127.0.0.1, ::1) needs --token.")]
     = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="Port to listen on; 0 takes any free port.")] = 8765,
+    port: Annotated[int, typer.Option("--port", min=0, max=65535,
+                                      help="Port to listen on; 0 takes any free port.")] = 8765,
     write: Annotated[bool, typer.Option(
         "--write", help="Allow replay, fork, branch and resume from the page (without it the UI only reads).")]
     = False,

@@ -124,10 +124,10 @@ def clean_question(question: str) -> str:
     return text
 
 
-def _clean_thread(thread: str) -> str:
+def _clean_thread(thread: str, flag: str = "--thread") -> str:
     text = (thread or "").strip()
     if not text:
-        raise BadInput("the thread id is empty: name the thread with --thread, e.g. --thread t1")
+        raise BadInput(f"the thread id is empty: name the thread with {flag}, e.g. {flag} t1")
     return text
 
 
@@ -438,7 +438,7 @@ class _Core:
 
     @staticmethod
     def check_new_thread(target: str, rows) -> str:
-        target = _clean_thread(target)
+        target = _clean_thread(target, "--to")
         if rows:
             raise ThreadExists(f"thread '{target}' already exists: choose another name for the branch")
         return target
@@ -810,7 +810,7 @@ class Agent(_Base):
         from savers.catalog import list_threads
 
         snapshot = self._at(thread, checkpoint)
-        target = self._core.check_new_thread(to, list_threads(self._core.saver, _clean_thread(to)))
+        target = self._core.check_new_thread(to, list_threads(self._core.saver, _clean_thread(to, "--to")))
         origin = f"{thread}@{_checkpoint_id(snapshot)}"
         with _exists_as_ours():
             self._core.saver.copy_thread(thread, target, up_to=_checkpoint_id(snapshot), metadata={"branch_of": origin})
@@ -1090,7 +1090,7 @@ class AsyncAgent(_Base):
         from savers.catalog import alist_threads
 
         snapshot = await self._at(thread, checkpoint)
-        target = self._core.check_new_thread(to, await alist_threads(self._core.saver, _clean_thread(to)))
+        target = self._core.check_new_thread(to, await alist_threads(self._core.saver, _clean_thread(to, "--to")))
         origin = f"{thread}@{_checkpoint_id(snapshot)}"
         with _exists_as_ours():
             await self._core.saver.acopy_thread(thread, target, up_to=_checkpoint_id(snapshot),

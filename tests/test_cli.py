@@ -88,6 +88,25 @@ def test_an_edit_of_the_wrong_kind_is_one_line(cli):
     assert len(json.loads(cli("history", "--thread", "t1", "--json").stdout)) == len(rows)
 
 
+def test_export_into_a_pipe_its_reader_closes_stops_quietly(cli):
+    """Found trying the CLI: `export | head -c 200` ended with 'error: unexpected BrokenPipeError'."""
+    question = "What is " + "+".join(str(n) for n in range(1, 31)) + "?"
+    assert cli("reason", question, "--thread", "long").returncode == 0
+    export = cli.popen("export", "--thread", "long")
+    assert export.stdout.read(200)
+    export.stdout.close()  # as `head` does once it has its bytes
+    export.wait(timeout=60)
+    assert export.returncode == 141  # 128 + SIGPIPE, as a shell shows for a tool the closed pipe ended
+    assert "error" not in export.stderr.read()  # (only the progress bar is there)
+
+
+def test_branch_to_an_empty_name_names_the_flag(cli):
+    assert cli("reason", QUESTION, "--thread", "t1").returncode == 0
+    head = json.loads(cli("history", "--thread", "t1", "--json").stdout)[-1]["checkpoint_id"]
+    refused = cli("branch", "--thread", "t1", "-c", head, "--to", " ")
+    assert refused.returncode == 2 and "name the thread with --to" in one_error_line(refused)
+
+
 def test_storage_is_chosen_from_flag_then_env_then_agent_toml(cli, tmp_path):
     (tmp_path / "agent.toml").write_text('db = "sqlite:///from_toml.db"\n')
     assert cli("reason", "What is 1+2?", "--thread", "a").returncode == 0
@@ -125,6 +144,7 @@ BAD_INPUT = [
     (("branch", "--thread", "t1", "--to", "t2"), "Missing option '--checkpoint'"),
     (("history", "--thread", "t1", "--limit", "many"), "Invalid value for '--limit'"),
     (("nosuchcommand",), "No such command 'nosuchcommand'"),
+    (("ui", "--no-browser", "--port", "99999"), "Invalid value for '--port'"),  # was an OverflowError, exit 1
 ]
 
 
