@@ -785,7 +785,9 @@ class Agent(_Base):
                     removed[name], freed = count, freed + size
         if removed and not dry_run:
             reclaim_space(self._core.saver)
-        return PruneReport(dry_run, removed, sum(removed.values()), freed, before, file_bytes(path))
+        # A dry run changes no row; the file may still grow by the thread leases it took, which is not the prune's.
+        return PruneReport(dry_run, removed, sum(removed.values()), freed, before,
+                           before if dry_run else file_bytes(path))
 
     def _retain(self, thread: str) -> None:
         """The retention policy from config, applied to a thread after a run on it (lock still held)."""
@@ -1061,7 +1063,9 @@ class AsyncAgent(_Base):
                     removed[name], freed = count, freed + size
         if removed and not dry_run:
             await areclaim_space(self._core.saver)
-        return PruneReport(dry_run, removed, sum(removed.values()), freed, before, file_bytes(path))
+        # A dry run changes no row; the file may still grow by the thread leases it took, which is not the prune's.
+        return PruneReport(dry_run, removed, sum(removed.values()), freed, before,
+                           before if dry_run else file_bytes(path))
 
     async def export(self, out, threads: list[str] | None = None,
                      on_checkpoint: Callable[[int], None] = lambda total: None) -> TransferReport:
