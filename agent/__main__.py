@@ -93,6 +93,7 @@ def _guard(debug: bool, body: Callable[[], int], interrupted: str | None = None)
     otherwise end the process where it stands (half a migration in the target, a stray temporary file)."""
     if interrupted is not None:
         signal.signal(signal.SIGTERM, _interrupt)
+    code = EXIT_FAILED
     try:
         code = body()
     except AgentError as exc:
@@ -115,7 +116,40 @@ def _guard(debug: bool, body: Callable[[], int], interrupted: str | None = None)
         if debug or os.environ.get("AGENT_DEBUG"):
             raise
         _fail(f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", EXIT_FAILED)
+    finally:
+        if code != 0:
+            _remove_new_empty_files()
     raise typer.Exit(code)
+
+
+# SQLite files this command created by opening them. One it fails to put anything in (an import of a file
+# that cannot be read, a migrate of a thread the source lacks, a key that is refused) is removed again, so a
+# mistyped command leaves no empty database behind to be mistaken for one.
+_NEW_FILES: list[str] = []
+
+
+def _note_new_file(db: str) -> None:
+    from savers import parse_url
+
+    where = parse_url(db)
+    if where.backend == "sqlite" and not Path(where.target).exists():
+        _NEW_FILES.append(where.target)
+
+
+def _remove_new_empty_files() -> None:
+    import sqlite3
+
+    for path in _NEW_FILES:
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+                tables = [name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                          if name not in ("agent_migrations", "checkpoint_migrations")]
+                empty = not any(conn.execute(f'SELECT 1 FROM "{name}" LIMIT 1').fetchone() for name in tables)
+        except sqlite3.Error:  # not ours to judge: kept
+            continue
+        if empty:
+            for suffix in ("", "-wal", "-shm"):
+                Path(path + suffix).unlink(missing_ok=True)
 
 
 def _interrupt(signum, frame) -> None:
@@ -250,6 +284,8 @@ def _open_agent(flags: dict[str, Any], create: bool = True, plaintext_ok: bool =
     agent = Agent(create=create, plaintext_ok=plaintext_ok, **flags)
     if agent.settings.model:
         make_model(agent.settings.model)  # a missing API key is reported before the database is touched
+    if create:
+        _note_new_file(agent.settings.db)
     return agent
 
 

@@ -145,6 +145,8 @@ BAD_INPUT = [
     (("history", "--thread", "t1", "--limit", "many"), "Invalid value for '--limit'"),
     (("nosuchcommand",), "No such command 'nosuchcommand'"),
     (("ui", "--no-browser", "--port", "99999"), "Invalid value for '--port'"),  # was an OverflowError, exit 1
+    # These opened (so made) the database before failing, and left it behind, empty.
+    (("import", "missing.jsonl"), "cannot read missing.jsonl"),
 ]
 
 
@@ -154,6 +156,18 @@ def test_bad_input_is_one_line_and_writes_nothing(cli, args, message):
     assert result.returncode == 2
     assert message in one_error_line(result)
     assert not (cli.cwd / "agent.db").exists()
+
+
+def test_a_refused_command_leaves_no_empty_database_it_made(cli):
+    refused = cli("reason", QUESTION, "--thread", "t1", env={"AGENT_ENCRYPTION_KEY": "short"})
+    assert refused.returncode == 2 and "too short" in one_error_line(refused)
+    assert cli("reason", QUESTION, "--thread", "t1").returncode == 0
+    made = cli("migrate", "--from", "sqlite:///agent.db", "--to", "sqlite:///copy.db", "--thread", "nosuch")
+    assert made.returncode == 2 and "no thread 'nosuch'" in one_error_line(made)
+    assert sorted(p.name for p in cli.cwd.iterdir() if p.suffix == ".db") == ["agent.db"]
+    # one that holds threads is never removed, whatever fails after it was made
+    failed = cli("import", "missing.jsonl", "--db", "sqlite:///agent.db")
+    assert failed.returncode == 2 and (cli.cwd / "agent.db").exists()
 
 
 def test_resume_of_an_unknown_thread_names_it(cli, db_url):
