@@ -271,6 +271,23 @@ class _Core:
                            metadata=metadata)
 
     @staticmethod
+    def with_spent_elsewhere(config: dict[str, Any], snapshot, checkpoints) -> dict[str, Any]:
+        """A budgeted run's config with what the thread spent off the branch it runs on ("spent_elsewhere": its
+        other branches - earlier forks and replays), so the budget caps the thread in all, not each branch
+        (graphs/ask.py). Each checkpoint's usage is its branch's running total, so the thread's spend is the
+        sum of what each checkpoint added to its parent's; the run's start already holds its own branch's."""
+        def cost(values) -> float:
+            return float(((values or {}).get("usage") or {}).get("cost_usd", 0.0))
+
+        spent = {t.config["configurable"]["checkpoint_id"]: (cost(t.checkpoint["channel_values"]),
+                                                              _parent_id(t)) for t in checkpoints}
+        total = sum(max(0.0, own - (spent[parent][0] if parent in spent else 0.0))
+                    for own, parent in spent.values())
+        start = cost(snapshot.values) if snapshot is not None else 0.0
+        configurable = {**config["configurable"], "spent_elsewhere": max(0.0, total - start)}
+        return {**config, "configurable": configurable}
+
+    @staticmethod
     def check_price(settings: Settings, spec: str) -> None:
         if settings.budget is not None and settings.price_of(spec) is None:
             raise ModelError(f"--budget needs a price for '{spec}': add it to [prices] in agent.toml "
@@ -656,6 +673,8 @@ class Agent(_Base):
         from savers import backpressure
 
         thread = config["configurable"]["thread_id"]
+        if "budget" in config["configurable"]:
+            config = self._core.with_spent_elsewhere(config, snapshot, list(self._core.saver.list(self._core.config(thread))))
         tracker = _EventTracker(on_event, snapshot, resuming=resuming)
         graph = self._core.graph(config["metadata"]["model"])
         error = None
@@ -939,6 +958,9 @@ class AsyncAgent(_Base):
         from savers import backpressure
 
         thread = config["configurable"]["thread_id"]
+        if "budget" in config["configurable"]:
+            config = self._core.with_spent_elsewhere(
+                config, snapshot, [t async for t in self._core.saver.alist(self._core.config(thread))])
         tracker = _EventTracker(on_event, snapshot, resuming=resuming)
         graph = self._core.graph(config["metadata"]["model"])
         error = None

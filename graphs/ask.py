@@ -169,7 +169,8 @@ class Ask:
             calls = usage.get("llm_calls", 0)
             per_call = usage.get("output_tokens", 0) / calls if calls else DEFAULT_OUTPUT_ESTIMATE
             estimate = self.price.cost(_estimate_tokens(messages), int(per_call))
-            spent = usage.get("cost_usd", 0.0)
+            # The branch's spend, and (set by agent.api for a budgeted run) what the thread's other branches spent.
+            spent = usage.get("cost_usd", 0.0) + _configurable(config).get("spent_elsewhere", 0.0)
             if budget is None or spent + estimate <= budget:
                 return
             # On a resumed run interrupt() returns, and the loop checks again against the budget now in force.

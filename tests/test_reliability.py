@@ -75,6 +75,25 @@ def test_every_call_is_priced_and_a_budget_pauses_before_overspending(db_url, ll
     assert len(llm.requests) == calls + 4 - paid and done.usage.llm_calls == 4  # nothing paid for twice
 
 
+def test_a_budget_caps_the_whole_thread_not_each_branch(db_url, llm):
+    """Found trying the CLI: three forks of a thread each ran under a budget the thread had passed in all,
+    since each counted only its own branch's spend."""
+    with Agent(db=db_url, model=MODEL) as agent:
+        first = agent.reason("What is 19*29+7?", thread="t1")
+        step0 = next(r.checkpoint_id for r in agent.history("t1") if r.step == 0)
+    spent = first.usage.cost_usd
+    budget = spent * 2.2  # the first run's spend, and about one more run like it
+    with Agent(db=db_url, model=MODEL, budget=budget) as agent:
+        ran = agent.fork("t1", step0, {"question": "What is 23*31+5?"})
+        assert ran.status == "done"  # room for one more run's calls
+        paused = agent.fork("t1", step0, {"question": "What is 27*37+3?"})
+        assert paused.status == "budget_exceeded"
+        assert paused.usage.cost_usd < spent / 2  # its own branch had spent next to nothing: not what stopped it
+        assert "budget exceeded" in paused.error
+    thread_total = spent + (ran.usage.cost_usd - 0) + paused.usage.cost_usd  # forks start at step 0's $0
+    assert thread_total <= budget
+
+
 def test_budget_on_the_command_line(cli, llm, db_url):
     args = ("--db", db_url, "--model", MODEL)
     result = cli("reason", QUESTION, "--thread", "t1", *args, "--budget", "0.00001", env=llm.env())
