@@ -4,6 +4,8 @@ query each."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -205,7 +207,12 @@ def reclaim_space(saver) -> None:
             conn.execute("VACUUM")
         else:
             conn.execute("PRAGMA incremental_vacuum")
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        # Busy while the saver's WalCopier copies beside the saver's writes (it does so outside this lock): then
+        # again, until it is done - else the WAL, holding a whole VACUUM, stays the size of the database.
+        for _ in range(100):
+            if conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0:
+                break
+            time.sleep(0.05)
         conn.commit()
 
 
@@ -231,4 +238,8 @@ async def areclaim_space(saver) -> None:
             await conn.execute("VACUUM")
         else:
             await conn.execute("PRAGMA incremental_vacuum")
-        await conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        for _ in range(100):  # busy while the saver's WalCopier copies (reclaim_space)
+            async with conn.execute("PRAGMA wal_checkpoint(TRUNCATE)") as cur:
+                if (await cur.fetchone())[0] == 0:
+                    break
+            await asyncio.sleep(0.05)

@@ -541,6 +541,65 @@ def test_a_step_whose_checkpoint_was_saved_survives_sigkill(db_url, child_code):
             assert len(tup.checkpoint["channel_values"].get("items", [])) == max(tup.metadata["step"], 0)
 
 
+def _pending(path: Path) -> list[str]:
+    """The task ids of the writes stored in a SQLite file, read by another connection (as another process)."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return sorted(task_id for (task_id,) in conn.execute("SELECT DISTINCT task_id FROM writes"))
+
+
+def test_sync_sqlite_commits_a_steps_writes_with_its_checkpoint_and_never_holds_them_long(tmp_path):
+    """put_writes holds its row for the next put's transaction (savers.sqlite.HeldWrites): one commit per step.
+    It is committed anyway within HOLD_WRITES_S, before any other call on the saver reads, at once for an
+    error or interrupt, and at close."""
+    from langgraph.checkpoint.base import WRITES_IDX_MAP
+
+    from savers.sqlite import HOLD_WRITES_S
+
+    path = tmp_path / "held.db"
+    root = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+    error_channel = next(iter(WRITES_IDX_MAP))
+    with savers.open_saver(f"sqlite:///{path}") as saver:
+        stored = saver.put(root, empty_checkpoint(), {"source": "input", "step": -1}, {})
+        saver.put_writes(stored, [("items", ["a"])], "task-a")
+        assert _pending(path) == []  # held
+        saver.put(root, empty_checkpoint(), {"source": "update", "step": 0}, {})
+        assert _pending(path) == ["task-a"]  # with the checkpoint, in its transaction
+
+        saver.put_writes(stored, [("items", ["b"])], "task-b")  # no put follows: a slower task still runs
+        started = time.monotonic()
+        while _pending(path) != ["task-a", "task-b"] and time.monotonic() < started + 5:
+            time.sleep(HOLD_WRITES_S / 2)
+        assert _pending(path) == ["task-a", "task-b"] and time.monotonic() - started < 1
+
+        saver.put_writes(stored, [("items", ["c"])], "task-c")
+        assert {t for t, _, _ in saver.get_tuple(stored).pending_writes} == {"task-a", "task-b", "task-c"}
+        saver.put_writes(stored, [("items", ["d"])], "task-d")
+        saver.put_writes(stored, [(error_channel, "it failed")], "task-e")
+        assert _pending(path) == ["task-a", "task-b", "task-c", "task-d", "task-e"]  # the error, and what was held
+        saver.put_writes(stored, [("items", ["f"])], "task-f")
+        assert "task-f" not in _pending(path)
+    assert "task-f" in _pending(path)  # committed at close
+
+
+CLOSED_BY_EXIT = """
+import sqlite3, sys
+sys.path[:0] = [{root!r}]
+from langgraph.checkpoint.base import empty_checkpoint
+from savers.sqlite import Sqlite
+saver = Sqlite(sqlite3.connect({path!r}, check_same_thread=False))
+root = {{"configurable": {{"thread_id": "t", "checkpoint_ns": ""}}}}
+stored = saver.put(root, empty_checkpoint(), {{"source": "input", "step": -1}}, {{}})
+saver.put_writes(stored, [("items", ["a"])], "task-a")
+"""
+
+
+def test_a_held_write_is_committed_when_the_process_ends_without_closing_the_saver(tmp_path):
+    path = tmp_path / "exit.db"
+    code = CLOSED_BY_EXIT.format(root=str(Path(__file__).parent.parent), path=str(path))
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    assert _pending(path) == ["task-a"]
+
+
 def test_async_sqlite_writes_on_the_loop_wait_for_a_lock_off_it(tmp_path):
     """aput_writes runs on the event loop's thread with a connection that does not wait for locks: while
     another process holds the database's write lock, the write goes to aiosqlite's thread and waits there,
@@ -597,8 +656,9 @@ def test_sync_sqlite_copies_its_wal_back_on_a_thread_of_its_own(tmp_path):
         assert saver.conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (INLINE_AUTOCHECKPOINT_PAGES,)
         stored = saver.put(cfg, empty_checkpoint(), {"source": "input", "step": -1}, {})
         wal = []
-        for n in range(1, commits + 1):
+        for n in range(1, commits + 1):  # a step: its writes, then its checkpoint (one commit, HeldWrites)
             saver.put_writes(stored, [("items", [f"item {n} " + "x" * 1000])], f"task-{n}")
+            saver.put(cfg, empty_checkpoint(), {"source": "update", "step": n}, {})
             if n % 100 == 0:
                 wal.append((path.parent / "wal.db-wal").stat().st_size)
         copier = saver.copier
