@@ -847,10 +847,11 @@ class HeldWrites:
 
 
 class Sqlite(_Rows, SqliteSaver):
-    """The official SqliteSaver with compact storage (savers.compact), one statement per put and put_writes,
-    every capability of LangGraph's saver interface (copy_thread, delete_for_runs, prune), our tables
-    (migrated in setup) and the reply cache. The connection runs in autocommit mode: each statement is its own
-    transaction, and operations of several statements take one explicitly."""
+    """The official SqliteSaver with compact storage (savers.compact), one statement per put and put_writes
+    (put_writes' held for the next put's transaction: HeldWrites), every capability of LangGraph's saver
+    interface (copy_thread, delete_for_runs, prune), our tables (migrated in setup) and the reply cache. The
+    connection runs in autocommit mode: each statement is its own transaction, and operations of several
+    statements take one explicitly."""
 
     _agent_ready = False
     copier: WalCopier | None = None
