@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sqlite3
+import sys
 import threading
 import time
 import weakref
@@ -766,12 +767,20 @@ HOLD_IDLE_S = 1.0
 
 class HeldWrites:
     """put_writes' INSERTs not yet committed, for one sync saver; every method but close is called holding the
-    saver's lock. A thread of its own, while writes come, commits any held HOLD_WRITES_S."""
+    saver's lock. A thread of its own, while writes come, commits any held HOLD_WRITES_S.
+
+    A commit refused for a while (the database locked by another process, the disk full) keeps the rows for
+    the next one. A row SQLite refuses for good (a value past its size limit) is dropped alone, not kept to
+    fail every later commit: the next put of its thread raises why (`refused`), as put_writes did before."""
 
     def __init__(self, conn: sqlite3.Connection, lock: threading.Lock, committed: Any) -> None:
         self.conn, self.lock, self.committed = conn, lock, committed
         self.rows: list[tuple[str, list]] = []
         self.since = 0.0
+        self.refused: dict[str, Exception] = {}  # thread id -> why one of its held writes could not be stored
+        # Once set, put_writes commits at once: the saver is closing (a write may still come from another
+        # thread) or the thread stopped. A plain flag: close() may run on the thread itself (a finalizer).
+        self.stopped = False
         self._awake = False
         self._wake = threading.Event()
         self._closing = threading.Event()
@@ -789,34 +798,51 @@ class HeldWrites:
             self._wake.set()
 
     def commit(self, then: Any = None) -> Any:
-        """Commits the held rows, and whatever `then()` writes, in one transaction; returns what it returns.
-        Rows stay held if it fails (the next commit tries them again)."""
+        """Commits the held rows, and whatever `then()` writes, in one transaction; returns what it returns."""
         if not self.rows:
             if then is None:
                 return None
             result = then()  # one statement: a commit of its own
             self.committed()
             return result
-        self.conn.execute("BEGIN IMMEDIATE")
         try:
-            for sql, params in self.rows:
-                self.conn.execute(sql, params)  # a write to a thread deleted since is refused: stored nowhere
-            result = then() if then is not None else None
-            self.conn.execute("COMMIT")
-        except BaseException:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
-            raise
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, params in self.rows:
+                    self.conn.execute(sql, params)  # a write to a thread deleted since is refused: stored nowhere
+                result = then() if then is not None else None
+                self.conn.execute("COMMIT")
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+        except (sqlite3.DataError, sqlite3.IntegrityError, sqlite3.InterfaceError):
+            self._one_by_one()  # a row refused for good: the others are stored, it is dropped
+            return self.commit(then)  # (then() refused for good raises here, as before)
         self.committed(len(self.rows) + (then is not None))  # the WalCopier counts rows written, ~pages
         self.rows = []
         return result
 
+    def _one_by_one(self) -> None:
+        rows, self.rows = self.rows, []
+        for sql, params in rows:
+            try:
+                self.conn.execute(sql, params)
+            except (sqlite3.DataError, sqlite3.IntegrityError, sqlite3.InterfaceError) as exc:
+                logging.getLogger(__name__).error("a write of thread %r could not be stored: %s", params[0], exc)
+                self.refused[str(params[0])] = exc
+            except sqlite3.Error:
+                self.rows.append((sql, params))  # refused for a while: kept
+            else:
+                self.committed()
+
     def _commit_when_due(self) -> None:
-        while True:
+        log = logging.getLogger(__name__)
+        while not self.stopped:
             self._wake.wait()
             self._wake.clear()
             idle = 0.0
-            while not self._closing.wait(HOLD_WRITES_S):
+            while not self.stopped and not self._closing.wait(HOLD_WRITES_S) and not self.stopped:
                 with self.lock:
                     if not self.rows:
                         idle += HOLD_WRITES_S
@@ -828,22 +854,37 @@ class HeldWrites:
                     if time.monotonic() - self.since >= HOLD_WRITES_S:
                         try:
                             self.commit()
-                        except sqlite3.Error as exc:  # held still: the next put or call commits them
-                            logging.getLogger(__name__).warning("committing held writes failed: %s", exc)
-            if self._closing.is_set():
-                return
+                        except sqlite3.ProgrammingError as exc:  # the connection was closed under the saver
+                            log.error("%d held writes could not be stored: %s", len(self.rows), exc)
+                            self.stopped = True
+                        except Exception as exc:  # held still: the next put or call commits them
+                            log.warning("committing held writes failed: %s", exc)
+        with self.lock:  # stopping: what is held is committed here (close() ran on this thread) or by close()
+            self._commit_at_close()
 
-    def close(self) -> None:
-        """Stops the thread and commits what is held (at close, or when the process ends)."""
+    def _commit_at_close(self) -> sqlite3.Error | None:
+        try:
+            self.commit()
+        except sqlite3.Error as exc:
+            logging.getLogger(__name__).error("%d held writes could not be stored: %s", len(self.rows), exc)
+            return exc
+        return None
+
+    def close(self, quiet: bool = False) -> None:
+        """Stops the thread and commits what is held (at close, when the saver is collected, at exit); a write
+        put_writes gets after this is committed at once. Raises, after stopping, if what is held could not be
+        stored (unless `quiet`: a finalizer's call; it is logged either way)."""
+        self.stopped = True
+        if self._thread is threading.current_thread():
+            return  # a finalizer run by this thread: it commits what is held as it stops
         self._closing.set()
         self._wake.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
+        if self._thread is not None:
             self._thread.join()
         with self.lock:
-            try:
-                self.commit()
-            except sqlite3.ProgrammingError:  # the connection was closed under it: nothing more can be stored
-                pass
+            failure = self._commit_at_close()
+        if failure is not None and not quiet:
+            raise failure
 
 
 class Sqlite(_Rows, SqliteSaver):
@@ -861,8 +902,8 @@ class Sqlite(_Rows, SqliteSaver):
         conn.isolation_level = None
         saver = weakref.ref(self)  # held by the thread: it must not keep the saver (and its caches) alive
         self.held = HeldWrites(conn, self.lock, lambda rows=1: (s := saver()) is not None and s._committed(rows))
-        # Called by open_sqlite's close, or when the saver is collected, or at exit: a held write outlives no process.
-        self.close_held = weakref.finalize(self, self.held.close)
+        # When the saver is collected, or at exit: a held write outlives no process (open_sqlite closes it first).
+        self.close_held = weakref.finalize(self, self.held.close, quiet=True)
 
     def _committed(self, rows: int = 1) -> None:
         if self.copier is not None:
@@ -911,6 +952,9 @@ class Sqlite(_Rows, SqliteSaver):
             self.setup()
             # with the step's writes (HeldWrites), in one transaction
             refused = self.held.commit(lambda: _put_row(self.conn, sql, params, row))
+            if self.held.refused and (failed := self.held.refused.pop(row[0], None)) is not None:
+                raise StorageError(f"a write of thread '{row[0]}' before this checkpoint could not be stored: "
+                                   f"{failed}") from failed
         if refused is not None:
             raise self._not_stored(row, refused)
         self.chains.remember(row[0], row[1], encoded)
@@ -923,7 +967,7 @@ class Sqlite(_Rows, SqliteSaver):
             sql, params = self._writes_statement(config, writes, task_id, task_path)
             with self.lock:
                 self.setup()
-                if not any(channel in WRITES_IDX_MAP for channel, _ in writes):
+                if not self.held.stopped and not any(channel in WRITES_IDX_MAP for channel, _ in writes):
                     self.held.hold(sql, params)
                     return
                 refused = self.held.commit(lambda: _write_rows(self.conn, sql, params))
@@ -1171,12 +1215,19 @@ def open_sqlite(path: str, create: bool = True, options: SaverOptions | None = N
             raise _storage_error(path, exc) from exc
         yield saver
     finally:
+        failure = None
         if saver is not None:
-            saver.close_held()  # before the copier: its commit is counted, and copied back at close
+            try:
+                if saver.close_held.detach() is not None:
+                    saver.held.close()  # before the copier: its commit is counted, and copied back at close
+            except sqlite3.Error as exc:  # logged; the copier and the connection are closed all the same
+                failure = exc
         if copier is not None:  # first: the saver's connection, closed last, copies the WAL back
             saver.copier = None
             copier.close()
         conn.close()
+        if failure is not None and sys.exc_info()[1] is None:
+            raise _storage_error(path, failure) from failure
 
 
 @asynccontextmanager

@@ -581,6 +581,55 @@ def test_sync_sqlite_commits_a_steps_writes_with_its_checkpoint_and_never_holds_
     assert "task-f" in _pending(path)  # committed at close
 
 
+def test_a_held_write_sqlite_refuses_for_good_fails_its_own_thread_only(tmp_path):
+    """Review found: one held row SQLite refuses for good (past its size limit) was kept for the next commit,
+    so every later put, read and delete of every thread failed."""
+    from savers.errors import StorageError
+
+    path = tmp_path / "big.db"
+    with savers.open_saver(f"sqlite:///{path}") as saver:
+        saver.conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 100_000)  # stands for SQLite's 1e9 bytes
+        stored = {t: saver.put(_root(t), _checkpoint(1, {"n": 1}, "1"), {"source": "input", "step": -1}, {"n": "1"})
+                  for t in ("a", "b")}
+        saver.put_writes(stored["a"], [("items", ["x" * 200_000]), ("n", 2)], "big")
+        saver.put_writes(stored["b"], [("items", ["small"]), ("n", 2)], "small")
+        saver.put(stored["b"], _checkpoint(2, {"n": 2}, "2"), {"source": "loop", "step": 0}, {"n": "2"})
+        assert _pending(path) == ["small"]  # thread b went on, its write stored
+        with pytest.raises(StorageError, match="a write of thread 'a' before this checkpoint could not be stored"):
+            saver.put(stored["a"], _checkpoint(2, {"n": 2}, "2"), {"source": "loop", "step": 0}, {"n": "2"})
+        assert saver.get_tuple(_root("b")).checkpoint["channel_values"] == {"n": 2}
+
+
+def test_closing_over_a_locked_database_stops_everything_and_says_so(tmp_path):
+    """Review found: a held write that could not be committed at close (another process holding the write
+    lock past the busy timeout) made close fail before the WAL copier and the connection were closed."""
+    from savers.errors import StorageError
+
+    path = tmp_path / "locked.db"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    with pytest.raises(StorageError, match="database is locked"):
+        with savers.open_saver(f"sqlite:///{path}") as saver:
+            saver.conn.execute("PRAGMA busy_timeout=200")
+            stored = saver.put(_root("t"), empty_checkpoint(), {"source": "input", "step": -1}, {})
+            other.execute("BEGIN IMMEDIATE")  # another process's long write
+            saver.put_writes(stored, [("items", ["a"])], "task-a")
+    other.execute("ROLLBACK")
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("agent-")]
+    with pytest.raises(sqlite3.ProgrammingError):
+        saver.conn.execute("SELECT 1")
+
+
+def test_a_write_put_while_the_saver_closes_is_committed_at_once(tmp_path):
+    """Review found: a put_writes from another thread after the held writes were closed, before the
+    connection was, returned and was never committed."""
+    path = tmp_path / "closing.db"
+    with savers.open_saver(f"sqlite:///{path}") as saver:
+        stored = saver.put(_root("t"), empty_checkpoint(), {"source": "input", "step": -1}, {})
+        saver.held.close()  # as open_sqlite's close does first
+        saver.put_writes(stored, [("items", ["late"])], "task-late")
+        assert _pending(path) == ["task-late"]
+
+
 CLOSED_BY_EXIT = """
 import sqlite3, sys
 sys.path[:0] = [{root!r}]
