@@ -674,7 +674,8 @@ class Agent(_Base):
 
         thread = config["configurable"]["thread_id"]
         if "budget" in config["configurable"]:
-            config = self._core.with_spent_elsewhere(config, snapshot, list(self._core.saver.list(self._core.config(thread))))
+            config = self._core.with_spent_elsewhere(
+                config, snapshot, list(self._core.saver.list(self._core.config(thread))))
         tracker = _EventTracker(on_event, snapshot, resuming=resuming)
         graph = self._core.graph(config["metadata"]["model"])
         error = None

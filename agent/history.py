@@ -124,7 +124,8 @@ def set_path(values: dict, path: str, value: Any, known: tuple[str, ...]) -> dic
     """A copy of `values` with `path` set. Lists take 1-based indices; one past the end appends."""
     parts = path.split(".")
     if parts[0] not in known:
-        raise BadInput(f"cannot set '{path}': '{parts[0]}' is not a field an edit can set (those are: {', '.join(known)})")
+        raise BadInput(f"cannot set '{path}': '{parts[0]}' is not a field an edit can set "
+                       f"(those are: {', '.join(known)})")
     result = json.loads(json.dumps(values))  # a deep copy that also proves the values are plain data
     target: Any = result
     for depth, part in enumerate(parts):

@@ -41,7 +41,7 @@ _EXPRESSION = re.compile(r"[\d.\s+\-*/%()]+")
 _OPERATOR = re.compile(r"\d\s*(\*\*|[+\-*/%])|[-(]\s*\d")
 # A letter, digit or underscore right beside an expression: it is part of a number (1e3, 0x10, 1_000) or a
 # word (x2) this model does not read.
-_GLUED = re.compile(r"[\w]")
+_GLUED = re.compile(r"\w")
 # Bounds that keep a hostile question from eating memory: 9**9**9 is a short string.
 _MAX_EXPONENT = 1000
 _MAX_DIGITS = 4000

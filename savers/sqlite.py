@@ -750,9 +750,9 @@ def _write_rows(conn: sqlite3.Connection, sql: str, params) -> bool:
 
 # The sync saver's put_writes does not commit its row: the row waits in memory for the next put, which commits
 # it in the checkpoint's transaction - one commit per step instead of two. A commit is ~25 us of syscalls on
-# this VM (WAL frames, shared-memory locks) and a hand-off between LangGraph's threads; in-graph A/B
-# (bench/savers.py's rounds, 20-30 interleaved rounds of 2,000-3,000 threads' steps): 1.266 -> 1.233x and
-# 1.340 -> 1.286x InMemorySaver. A row is never held longer than HOLD_WRITES_S (a thread of the saver commits
+# this VM (WAL frames, shared-memory locks) and a hand-off between LangGraph's threads; in-graph A/B against
+# committing each call (bench/savers.py's rounds, 30-40 interleaved rounds of 3,000-4,000 threads' steps):
+# 1.296 -> 1.266x and 1.258 -> 1.230x InMemorySaver. A row is never held longer than HOLD_WRITES_S (a thread of the saver commits
 # it then, so a step's finished tasks are stored while a slower one still runs), nor past any other call on
 # the saver (a read sees every write put before it), nor past close or the end of the process. Writes to
 # LangGraph's special channels - an error, an interrupt - are committed before put_writes returns, with any
