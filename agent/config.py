@@ -65,9 +65,9 @@ class Retention(BaseModel):
         from agent.lifecycle import parse_age
 
         try:
-            value is None or parse_age(value)
-        except BadInput:
-            raise PydanticCustomError("age", f"{value!r} is not an age like 30d, 12h, 90m, 45s or 2w") from None
+            value is None or parse_age(value, flag="")
+        except BadInput as exc:
+            raise PydanticCustomError("age", str(exc)) from None
         return value
 
 

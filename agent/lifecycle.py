@@ -299,15 +299,16 @@ def migrate(source, target, threads: list[str], counts: dict[str, int], exists: 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
-def parse_age(text: str) -> float:
-    """'30d', '12h', '90m', '45s', '2w' -> seconds."""
+def parse_age(text: str, flag: str = "--older-than") -> float:
+    """'30d', '12h', '90m', '45s', '2w' -> seconds. `flag`: what the error names the text as ("" for nothing)."""
     value, unit = text.strip()[:-1], text.strip()[-1:].lower()
+    given = f"{flag} '{text}'" if flag else f"'{text}'"
     try:
         seconds = float(value) * _UNITS[unit]
     except (KeyError, ValueError):
-        raise BadInput(f"--older-than '{text}' is not an age like 30d, 12h, 90m, 45s or 2w") from None
+        raise BadInput(f"{given} is not an age like 30d, 12h, 90m, 45s or 2w") from None
     if seconds < 0:
-        raise BadInput(f"--older-than '{text}' is negative")
+        raise BadInput(f"{given} is negative")
     return seconds
 
 
