@@ -17,6 +17,7 @@ The tips of those chains live in memory per saver (a bounded LRU); a cold cache 
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 from collections import OrderedDict
@@ -261,8 +262,8 @@ def dump_metadata(metadata: Mapping[str, Any]) -> bytes:
     """Checkpoint metadata as UTF-8 JSON, as the official SQLite saver stores it (orjson: 10x faster)."""
     try:
         return orjson.dumps(metadata, option=orjson.OPT_NON_STR_KEYS)
-    except (TypeError, orjson.JSONEncodeError):  # lone surrogates, which JSON cannot hold: dropped
-        return orjson.dumps(_valid_text(metadata), option=orjson.OPT_NON_STR_KEYS)
+    except (TypeError, orjson.JSONEncodeError):  # lone surrogates (JSON cannot hold them: dropped), ints past 64 bits
+        return json.dumps(_valid_text(metadata), ensure_ascii=False).encode()
 
 
 def _valid_text(value: Any) -> Any:

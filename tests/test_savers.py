@@ -224,8 +224,10 @@ def test_a_value_reads_back_as_it_was_put_with_its_type(db_url, value):
 def test_metadata_holding_a_lone_surrogate_is_stored_without_it(db_url):
     async def body(call, reference, kind):
         await call("put", _root(kind), _checkpoint(1, {"n": 1}, "1"), {"source": "input", "step": -1,
-                                                                       "note": "lone \ud800"}, {"n": "1"})
-        assert (await call("get_tuple", _root(kind))).metadata["note"] == "lone "
+                                                                       "note": "lone \ud800", "big": 2**70},
+                   {"n": "1"})
+        metadata = (await call("get_tuple", _root(kind))).metadata
+        assert metadata["note"] == "lone " and metadata["big"] == 2**70  # past 64 bits, kept beside the surrogate
 
     _on_each_saver(db_url, body)
 
