@@ -600,12 +600,18 @@ PACKED_CHANNEL = "*"
 NULL_TASK_ID = "00000000-0000-0000-0000-000000000000"
 
 
+def special(writes) -> bool:
+    """Whether any write goes to one of LangGraph's special channels (an error, an interrupt, ...: each has
+    its own idx, and a later call replaces it)."""
+    return any(channel in WRITES_IDX_MAP for channel, _ in writes)
+
+
 def packed_write_params(chains, serde, config: Mapping[str, Any], writes, task_id: str,
                         task_path: str) -> list | None:
     """A put_writes' nine parameters for one packed row, or None when its writes stay a row each: a single
     write (nothing to save), the null task, or a special channel (ERROR, INTERRUPT, ...: each has its own idx,
     and a later call replaces it)."""
-    if len(writes) < 2 or task_id == NULL_TASK_ID or any(channel in WRITES_IDX_MAP for channel, _ in writes):
+    if len(writes) < 2 or task_id == NULL_TASK_ID or special(writes):
         return None
     configurable = config["configurable"]
     thread_id, ns = str(configurable["thread_id"]), str(configurable["checkpoint_ns"])

@@ -22,7 +22,6 @@ from typing import Any
 import orjson
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
-    WRITES_IDX_MAP,
     BaseCheckpointSaver,
     ChannelVersions,
     Checkpoint,
@@ -57,6 +56,7 @@ from savers.compact import (
     matches,
     pack_versions,
     seal,
+    special,
     context,
     copy_metadata,
     dump,
@@ -773,8 +773,9 @@ class HeldWrites:
     the next one. A row SQLite refuses for good (a value past its size limit) is dropped alone, not kept to
     fail every later commit: the next put of its thread raises why (`refused`), as put_writes did before."""
 
-    def __init__(self, conn: sqlite3.Connection, lock: threading.Lock, committed: Any) -> None:
-        self.conn, self.lock, self.committed = conn, lock, committed
+    def __init__(self, conn: sqlite3.Connection, lock: threading.Lock) -> None:
+        self.conn, self.lock = conn, lock
+        self.copier: WalCopier | None = None  # the saver's (Sqlite.copier), told how many rows each commit wrote
         self.rows: list[tuple[str, list]] = []
         self.since = 0.0
         self.refused: dict[str, Exception] = {}  # thread id -> why one of its held writes could not be stored
@@ -796,6 +797,10 @@ class HeldWrites:
                 self._thread = threading.Thread(target=self._commit_when_due, name="agent-held-writes", daemon=True)
                 self._thread.start()
             self._wake.set()
+
+    def committed(self, rows: int = 1) -> None:
+        if self.copier is not None:
+            self.copier.committed(rows)
 
     def commit(self, then: Any = None) -> Any:
         """Commits the held rows, and whatever `then()` writes, in one transaction; returns what it returns."""
@@ -895,19 +900,22 @@ class Sqlite(_Rows, SqliteSaver):
     statements take one explicitly."""
 
     _agent_ready = False
-    copier: WalCopier | None = None
 
     def __init__(self, conn: sqlite3.Connection, *, serde=None) -> None:
         super().__init__(conn, serde=serde or Serializer())
         conn.isolation_level = None
-        saver = weakref.ref(self)  # held by the thread: it must not keep the saver (and its caches) alive
-        self.held = HeldWrites(conn, self.lock, lambda rows=1: (s := saver()) is not None and s._committed(rows))
+        self.held = HeldWrites(conn, self.lock)  # holds no reference to the saver: its thread must not keep it alive
         # When the saver is collected, or at exit: a held write outlives no process (open_sqlite closes it first).
         self.close_held = weakref.finalize(self, self.held.close, quiet=True)
 
-    def _committed(self, rows: int = 1) -> None:
-        if self.copier is not None:
-            self.copier.committed(rows)
+    @property
+    def copier(self) -> WalCopier | None:
+        """The WalCopier that copies this saver's WAL back (open_sqlite's), kept where the commits count for it."""
+        return self.held.copier
+
+    @copier.setter
+    def copier(self, copier: WalCopier | None) -> None:
+        self.held.copier = copier
 
     def setup(self) -> None:
         super().setup()
@@ -967,7 +975,7 @@ class Sqlite(_Rows, SqliteSaver):
             sql, params = self._writes_statement(config, writes, task_id, task_path)
             with self.lock:
                 self.setup()
-                if not self.held.stopped and not any(channel in WRITES_IDX_MAP for channel, _ in writes):
+                if not self.held.stopped and not special(writes):
                     self.held.hold(sql, params)
                     return
                 refused = self.held.commit(lambda: _write_rows(self.conn, sql, params))
