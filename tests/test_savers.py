@@ -719,6 +719,37 @@ def test_sync_sqlite_copies_its_wal_back_on_a_thread_of_its_own(tmp_path):
     _check_wal_copied(wal, copies, pending, commits)
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="the copier finds its descriptor in /proc (Linux)")
+def test_wal_copier_flushes_the_database_file_before_its_copy_under_the_lock(tmp_path, monkeypatch):
+    """The copier's last copy holds the saver's writes off; the database file's pages the earlier copies wrote
+    are flushed to disk before it, beside the writes, on the descriptor of the copier's own connection (so that
+    last copy flushes only its own few pages)."""
+    import os
+
+    import savers.sqlite as sqlite_saver
+
+    path = tmp_path / "flush.db"
+    events = []
+    real_copy, real_sync = sqlite_saver._copy_wal_back, os.fdatasync
+    with savers.open_saver(f"sqlite:///{path}") as saver:
+        copier = saver.copier
+        assert os.readlink(f"/proc/self/fd/{copier.fd}") == str(path.resolve())
+        cfg = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+        for n in range(200):
+            saver.put(cfg, empty_checkpoint(), {"source": "update", "step": n}, {})
+        monkeypatch.setattr(sqlite_saver, "_copy_wal_back",
+                            lambda conn: (events.append(("copy", saver.lock.locked())), real_copy(conn)))
+        monkeypatch.setattr(os, "fdatasync", lambda fd: (events.append(("flush", fd, saver.lock.locked())),
+                                                         real_sync(fd)))
+        copies = copier.copies
+        copier._wanted.set()  # as after INLINE_CHECKPOINT_COMMITS commits; nothing else writes meanwhile
+        deadline = time.monotonic() + 10
+        while copier.copies == copies and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert events[-1] == ("copy", True)  # the last copy, under the lock
+    assert events[-2] == ("flush", copier.fd, False)  # right before it, without the lock
+    assert ("copy", False) in events[:-2]
+
 def test_async_sqlite_copies_its_wal_back_though_its_writes_do_not(tmp_path):
     """The loop's connection does not copy the WAL back after its commits either; the saver's WalCopier thread
     does, the loop going on meanwhile. While the copier's second copy holds its lock, a write goes to
