@@ -672,17 +672,20 @@ class WalCopier:
     critical path. The connections that make a run's commits do not (INLINE_PRAGMAS): the sync saver's, the
     async saver's inline one. Every INLINE_CHECKPOINT_COMMITS of their commits this thread copies the WAL back
     on a connection of its own while the saver goes on writing (SQLite runs a checkpoint beside a writer, and
-    Python lets go of the GIL meanwhile), then again holding `lock`, which those commits take: only the pages
-    written meanwhile, so the WAL is then all copied and the next commit starts it over from its beginning.
-    Beside the writes it copies again, up to CATCH_UP_COPIES times, until a copy takes under CAUGHT_UP_S (or
-    no longer half the time of the one before: writes as fast as the copies), each time flushing the database file's new pages to disk (_flush: SQLite flushes them only in a copy that
-    finds no page written meanwhile, i.e. the last, which took ~6 ms for ~12 MB of them), so the writes wait
-    only for a short copy of the pages written during that short copy. (Copying takes ~14 us a page on this
-    VM against ~240 us a step of ~3.3 pages: each copy has a fifth of the last one's pages or fewer. Taking the
-    lock right after the first copy held the writes up ~10 ms a copy, 28 us a step; now ~1.2 ms, 3 us a step.)
-    Without that second copy a WAL written without pause is never all copied and grows without bound
-    (tests/test_savers.py: 105 MB after 8,000 commits instead of 20 MB). Durability is unchanged: every commit
-    is in the WAL before its call returns, and a copy killed halfway is redone by the next open."""
+    Python lets go of the GIL meanwhile), then a last time holding `lock`, which those commits take: only the
+    pages written meanwhile, so the WAL is then all copied and the next commit starts it over from its
+    beginning. Without that last copy a WAL written without pause is never all copied and grows without bound
+    (tests/test_savers.py: 105 MB after 8,000 commits instead of 20 MB).
+
+    Beside the writes it copies up to CATCH_UP_COPIES times, until a copy takes under CAUGHT_UP_S (or no longer
+    half the time of the one before: writes as fast as the copies), flushing the database file's new pages to
+    disk after each (_flush: SQLite flushes them only in a copy that finds no page written meanwhile - the last
+    one, which took ~6 ms for ~12 MB of them). So the last copy holds the writes off only for the pages written
+    during a short copy: ~1.2 ms every ~450 steps of bench/savers.py's graph, 3 us a step, where a last copy
+    right after the first held them off ~10 ms, 28 us a step (copying takes ~14 us a page on this VM, against
+    ~240 us a step of ~3.3 pages: each copy has a fifth of the pages of the one before, or fewer). Durability
+    is unchanged: every commit is in the WAL before its call returns, and a copy killed halfway is redone by
+    the next open."""
 
     def __init__(self, path: str, lock: threading.Lock) -> None:
         others = _descriptors(path)
@@ -783,38 +786,47 @@ def _put_row(conn: sqlite3.Connection, sql: str, params, row) -> bool | None:
     return conn.execute(_DELETED, (row[0], row[3])).fetchone() is not None
 
 
+def _revive(conn: sqlite3.Connection, thread_id: str) -> None:
+    conn.execute(REVIVE, (thread_id,))
+
+
 def _write_rows(conn: sqlite3.Connection, sql: str, params) -> bool:
     """put_writes' INSERT; whether a tombstone refused it (a write to a deleted thread stores nothing)."""
     return not conn.execute(sql, params).rowcount and conn.execute(_DELETED, params[-2:]).fetchone() is not None
 
 
-# The sync saver's put_writes does not commit its row: the row waits in memory for the next put, which commits
-# it in the checkpoint's transaction - one commit per step instead of two. A commit is ~25 us of syscalls on
-# this VM (WAL frames, shared-memory locks) and a hand-off between LangGraph's threads; in-graph A/B against
-# committing each call (bench/savers.py's rounds, 30-40 interleaved rounds of 3,000-4,000 threads' steps):
-# 1.296 -> 1.266x and 1.258 -> 1.230x InMemorySaver. A row is never held longer than HOLD_WRITES_S (a thread of the saver commits
-# it then, so a step's finished tasks are stored while a slower one still runs), nor past any other call on
-# the saver (a read sees every write put before it), nor past close or the end of the process. Writes to
-# LangGraph's special channels - an error, an interrupt - are committed before put_writes returns, with any
-# held. Durability as the issue states it is unchanged: when a step's checkpoint is stored, so are the
-# writes put before it. What a `kill -9` can now lose is a task's writes within HOLD_WRITES_S of their
-# put_writes, with no checkpoint after them yet: that task runs again on resume (our graph's reply cache
-# answers its model call again without paying for it).
+# put_writes does not commit its row: the row waits in memory for the next put, which commits it in the
+# checkpoint's transaction - one commit per step instead of two. A commit is ~25 us of syscalls on this VM
+# (WAL frames, shared-memory locks) and, for the sync saver, a hand-off between LangGraph's threads. In-graph
+# A/B against committing each call (bench/savers.py's rounds, 30-40 interleaved rounds of 3,000-4,000
+# threads' steps): sync 1.296 -> 1.266x and 1.258 -> 1.230x InMemorySaver; async (aput_writes on the inline
+# connection, under the WalCopier's lock) 1.246 -> 1.205x. A row is never held longer than HOLD_WRITES_S (a
+# thread of the saver commits it then, so a step's finished tasks are stored while a slower one still runs),
+# nor past any other call on the saver (a read sees every write put before it), nor past close or the end of
+# the process. Writes to LangGraph's special channels - an error, an interrupt - are committed before
+# put_writes returns, with any held. Durability as the issue states it is unchanged: when a step's checkpoint
+# is stored, so are the writes put before it. What a `kill -9` can now lose is a task's writes within
+# HOLD_WRITES_S of their put_writes, with no checkpoint after them yet: that task runs again on resume (our
+# graph's reply cache answers its model call again without paying for it).
 HOLD_WRITES_S = 0.01
 # The thread sleeps once nothing was held for this long (and wakes with the next held row).
 HOLD_IDLE_S = 1.0
 
 
 class HeldWrites:
-    """put_writes' INSERTs not yet committed, for one sync saver; every method but close is called holding the
-    saver's lock. A thread of its own, while writes come, commits any held HOLD_WRITES_S.
+    """put_writes' INSERTs not yet committed, for one saver; every method but close is called holding `lock`
+    (the sync saver's; the async saver's WalCopier's, which guards its inline connection). A thread of its
+    own, while writes come, commits any held HOLD_WRITES_S.
 
     A commit refused for a while (the database locked by another process, the disk full) keeps the rows for
     the next one. A row SQLite refuses for good (a value past its size limit) is dropped alone, not kept to
     fail every later commit: the next put of its thread raises why (`refused`), as put_writes did before."""
 
-    def __init__(self, conn: sqlite3.Connection, lock: threading.Lock) -> None:
-        self.conn, self.lock = conn, lock
+    def __init__(self, conn: sqlite3.Connection, lock: threading.Lock, *, waits: bool = True) -> None:
+        # `waits`: whether conn waits for another connection's write lock (the sync saver's does). The async
+        # saver's inline connection does not: its commit refused as locked is tried again HOLD_WRITES_S later
+        # (or made by the next aput on aiosqlite's connection), but the last one, at close, waits.
+        self.conn, self.lock, self.waits = conn, lock, waits
         self.copier: WalCopier | None = None  # the saver's (Sqlite.copier), told how many rows each commit wrote
         self.rows: list[tuple[str, list]] = []
         self.since = 0.0
@@ -842,8 +854,10 @@ class HeldWrites:
         if self.copier is not None:
             self.copier.committed(rows)
 
-    def commit(self, then: Any = None) -> Any:
-        """Commits the held rows, and whatever `then()` writes, in one transaction; returns what it returns."""
+    def commit(self, then: Any = None, conn: sqlite3.Connection | None = None) -> Any:
+        """Commits the held rows, and whatever `then()` writes, in one transaction; returns what it returns.
+        On `conn` if given (the async saver's aiosqlite connection, when its inline one is locked out)."""
+        conn = conn or self.conn
         if not self.rows:
             if then is None:
                 return None
@@ -851,28 +865,28 @@ class HeldWrites:
             self.committed()
             return result
         try:
-            self.conn.execute("BEGIN IMMEDIATE")
+            conn.execute("BEGIN IMMEDIATE")
             try:
                 for sql, params in self.rows:
-                    self.conn.execute(sql, params)  # a write to a thread deleted since is refused: stored nowhere
+                    conn.execute(sql, params)  # a write to a thread deleted since is refused: stored nowhere
                 result = then() if then is not None else None
-                self.conn.execute("COMMIT")
+                conn.execute("COMMIT")
             except BaseException:
-                if self.conn.in_transaction:
-                    self.conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
         except (sqlite3.DataError, sqlite3.IntegrityError, sqlite3.InterfaceError):
-            self._one_by_one()  # a row refused for good: the others are stored, it is dropped
-            return self.commit(then)  # (then() refused for good raises here, as before)
+            self._one_by_one(conn)  # a row refused for good: the others are stored, it is dropped
+            return self.commit(then, conn)  # (then() refused for good raises here, as before)
         self.committed(len(self.rows) + (then is not None))  # the WalCopier counts rows written, ~pages
         self.rows = []
         return result
 
-    def _one_by_one(self) -> None:
+    def _one_by_one(self, conn: sqlite3.Connection) -> None:
         rows, self.rows = self.rows, []
         for sql, params in rows:
             try:
-                self.conn.execute(sql, params)
+                conn.execute(sql, params)
             except (sqlite3.DataError, sqlite3.IntegrityError, sqlite3.InterfaceError) as exc:
                 logging.getLogger(__name__).error("a write of thread %r could not be stored: %s", params[0], exc)
                 self.refused[str(params[0])] = exc
@@ -903,12 +917,15 @@ class HeldWrites:
                             log.error("%d held writes could not be stored: %s", len(self.rows), exc)
                             self.stopped = True
                         except Exception as exc:  # held still: the next put or call commits them
-                            log.warning("committing held writes failed: %s", exc)
+                            locked = not self.waits and "locked" in str(exc)
+                            (log.debug if locked else log.warning)("committing held writes failed: %s", exc)
         with self.lock:  # stopping: what is held is committed here (close() ran on this thread) or by close()
             self._commit_at_close()
 
     def _commit_at_close(self) -> sqlite3.Error | None:
         try:
+            if self.rows and not self.waits:
+                self.conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             self.commit()
         except sqlite3.Error as exc:
             logging.getLogger(__name__).error("%d held writes could not be stored: %s", len(self.rows), exc)
@@ -1069,6 +1086,9 @@ class AsyncSqlite(SyncWrappers, _Rows, AsyncSqliteSaver):
     _agent_ready = False
     inline: sqlite3.Connection | None = None
     copier: WalCopier | None = None
+    # aput_writes' INSERTs held for the next aput's transaction (open_async_sqlite: on the inline connection,
+    # under the copier's lock), as the sync saver's (HeldWrites); None: each committed at once.
+    held: HeldWrites | None = None
     _inline_commits = 0
 
     def __init__(self, conn, *, serde=None) -> None:
@@ -1092,7 +1112,16 @@ class AsyncSqlite(SyncWrappers, _Rows, AsyncSqliteSaver):
     async def _run(self, plan: Plan, begin: str | None = None) -> Any:
         await self.setup()
         async with self.lock:
-            return await self._in_thread(_run_plan, plan, begin)
+            return await self._in_thread(self._after_held, _run_plan, plan, begin)
+
+    def _after_held(self, conn: sqlite3.Connection, fn, *args) -> Any:
+        """fn(conn, *args) on aiosqlite's thread, after committing the held writes (a read sees, and a delete
+        or copy takes along, every write put before it)."""
+        held = self.held
+        if held is not None and held.rows:
+            with held.lock:
+                held.commit(conn=conn)
+        return fn(conn, *args)
 
     async def _in_thread(self, fn, *args) -> Any:
         """fn(the sqlite3 connection, *args) in one hop to aiosqlite's thread (cache.in_aiosqlite_thread; saver
@@ -1119,41 +1148,61 @@ class AsyncSqlite(SyncWrappers, _Rows, AsyncSqliteSaver):
                 copier = self.copier
                 if copier is None or copier.lock.acquire(blocking=False):
                     try:
-                        result = fn(self.inline, *args)
+                        result = self._with_held(self.inline, fn, *args)
                     except sqlite3.OperationalError as exc:
                         if "locked" not in str(exc):
                             raise
                     else:
                         self._inline_commits += 1
-                        if copier is not None:
-                            copier.committed()
                         return result
                     finally:
                         if copier is not None:
                             copier.lock.release()
-            return await self._in_thread(_after_copy, self.copier, fn, *args)
+            return await self._in_thread(_after_copy, self.copier, self._with_held, fn, *args)
+
+    def _with_held(self, conn: sqlite3.Connection, fn, *args) -> Any:
+        """fn(conn, *args) in one transaction with the held writes (called holding the copier's lock); counted
+        for the WalCopier."""
+        if self.held is not None:
+            return self.held.commit(lambda: fn(conn, *args), conn)
+        result = fn(conn, *args)
+        if self.copier is not None:
+            self.copier.committed()
+        return result
+
+    async def aput_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
+                          task_path: str = "") -> None:
+        """Held for the next aput's transaction (HeldWrites), unless the copier holds its lock this moment; an
+        error's or interrupt's committed at once."""
+        if writes:
+            sql, params = self._writes_statement(config, writes, task_id, task_path)
+            held = self.held
+            if held is not None and not held.stopped and not special(writes) and held.lock.acquire(blocking=False):
+                try:
+                    held.hold(sql, params)
+                    return
+                finally:
+                    held.lock.release()
+            if await self._write(_write_rows, sql, params):
+                raise thread_deleted(params[0])
 
     async def aput(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
                    new_versions: ChannelVersions) -> RunnableConfig:
         row, encoded = self._checkpoint_row(config, checkpoint, metadata, new_versions)
         sql, params = self._put_statement(row, metadata)
         refused = await self._write(_put_row, sql, params, row)
+        if self.held is not None and self.held.refused and (failed := self.held.refused.pop(row[0], None)):
+            raise StorageError(f"a write of thread '{row[0]}' before this checkpoint could not be stored: "
+                               f"{failed}") from failed
         if refused is not None:
             raise self._not_stored(row, refused)
         self.chains.remember(row[0], row[1], encoded)
         return next_config(config, checkpoint)
 
-    async def aput_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
-                          task_path: str = "") -> None:
-        if writes:
-            sql, params = self._writes_statement(config, writes, task_id, task_path)
-            if await self._write(_write_rows, sql, params):
-                raise thread_deleted(params[0])
-
     async def arevive(self, thread_id: str) -> None:
         await self.setup()
         async with self.lock:
-            await self.conn.execute(REVIVE, (str(thread_id),))
+            await self._in_thread(self._after_held, _revive, str(thread_id))
 
     async def adelete_thread(self, thread_id: str) -> None:
         await self._run(self._delete_plan([str(thread_id)], final=True), "BEGIN IMMEDIATE")
@@ -1288,7 +1337,7 @@ async def open_async_sqlite(path: str, create: bool = True,
         conn = await aiosqlite.connect(absolute, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
     except sqlite3.Error as exc:
         raise _storage_error(path, exc) from exc
-    inline = copier = None
+    inline = copier = held = None
     try:
         try:
             for pragma in PRAGMAS:
@@ -1298,10 +1347,20 @@ async def open_async_sqlite(path: str, create: bool = True,
             saver.serde = await arun_plan(serde_plan(options or SaverOptions(), absolute), _fetch_all(conn))
             inline = saver.inline = inline_connection(absolute)
             copier = saver.copier = WalCopier(absolute, threading.Lock())
+            held = saver.held = HeldWrites(inline, copier.lock, waits=False)
+            held.copier = copier
+            close_held = weakref.finalize(saver, held.close, quiet=True)  # at exit, if never closed
         except sqlite3.Error as exc:
             raise _storage_error(path, exc) from exc
         yield saver
     finally:
+        failure = None
+        if held is not None and close_held.detach() is not None:
+            saver.held = None
+            try:
+                held.close()  # before the copier and the inline connection it commits on
+            except sqlite3.Error as exc:  # logged; the rest is closed all the same
+                failure = exc
         if copier is not None:  # waits for a copy under way (tens of ms at most), once
             saver.copier = None
             copier.close()
@@ -1309,3 +1368,5 @@ async def open_async_sqlite(path: str, create: bool = True,
             saver.inline = None
             inline.close()
         await conn.close()
+        if failure is not None and sys.exc_info()[1] is None:
+            raise _storage_error(path, failure) from failure

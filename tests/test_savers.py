@@ -583,6 +583,55 @@ def test_sync_sqlite_commits_a_steps_writes_with_its_checkpoint_and_never_holds_
     assert "task-f" in _pending(path)  # committed at close
 
 
+def test_async_sqlite_commits_a_steps_writes_with_its_checkpoint_and_never_holds_them_long(tmp_path):
+    """The async saver holds aput_writes' rows as the sync one does (on its inline connection, for the next
+    aput's transaction): committed anyway within HOLD_WRITES_S, before a read, at once for an error or
+    interrupt, and at close; a put then refused names the held write of its thread SQLite refused for good."""
+    from langgraph.checkpoint.base import WRITES_IDX_MAP
+
+    from savers.errors import StorageError
+    from savers.sqlite import HOLD_WRITES_S
+
+    path = tmp_path / "held.db"
+    error_channel = next(iter(WRITES_IDX_MAP))
+
+    async def main():
+        async with savers.open_async_saver(f"sqlite:///{path}") as saver:
+            stored = await saver.aput(_root("t"), empty_checkpoint(), {"source": "input", "step": -1}, {})
+            await saver.aput_writes(stored, [("items", ["a"])], "task-a")
+            assert _pending(path) == []  # held
+            await saver.aput(_root("t"), empty_checkpoint(), {"source": "update", "step": 0}, {})
+            assert _pending(path) == ["task-a"]  # with the checkpoint, in its transaction
+
+            await saver.aput_writes(stored, [("items", ["b"])], "task-b")  # no put follows
+            started = time.monotonic()
+            while _pending(path) != ["task-a", "task-b"] and time.monotonic() < started + 5:
+                await asyncio.sleep(HOLD_WRITES_S / 2)
+            assert _pending(path) == ["task-a", "task-b"] and time.monotonic() - started < 1
+
+            await saver.aput_writes(stored, [("items", ["c"])], "task-c")
+            assert {t for t, _, _ in (await saver.aget_tuple(stored)).pending_writes} == {"task-a", "task-b",
+                                                                                          "task-c"}
+            await saver.aput_writes(stored, [("items", ["d"])], "task-d")
+            await saver.aput_writes(stored, [(error_channel, "it failed")], "task-e")
+            assert _pending(path) == ["task-a", "task-b", "task-c", "task-d", "task-e"]
+
+            saver.inline.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 100_000)  # stands for SQLite's 1e9 bytes
+            other = await saver.aput(_root("u"), empty_checkpoint(), {"source": "input", "step": -1}, {})
+            await saver.aput_writes(other, [("items", ["x" * 200_000]), ("n", 2)], "big")
+            await saver.aput_writes(stored, [("items", ["f"]), ("n", 2)], "task-f")
+            await saver.aput(_root("t"), empty_checkpoint(), {"source": "update", "step": 1}, {})  # thread t goes on
+            assert "task-f" in _pending(path) and "big" not in _pending(path)
+            with pytest.raises(StorageError, match="a write of thread 'u' before this checkpoint could not be stored"):
+                await saver.aput(_root("u"), empty_checkpoint(), {"source": "update", "step": 0}, {})
+
+            await saver.aput_writes(stored, [("items", ["g"])], "task-g")
+            assert "task-g" not in _pending(path)
+        assert "task-g" in _pending(path)  # committed at close
+
+    asyncio.run(main())
+
+
 def test_a_held_write_sqlite_refuses_for_good_fails_its_own_thread_only(tmp_path):
     """Review found: one held row SQLite refuses for good (past its size limit) was kept for the next commit,
     so every later put, read and delete of every thread failed."""
@@ -636,7 +685,9 @@ CLOSED_BY_EXIT = """
 import sqlite3, sys
 sys.path[:0] = [{root!r}]
 from langgraph.checkpoint.base import empty_checkpoint
+import savers.sqlite
 from savers.sqlite import Sqlite
+savers.sqlite.HOLD_WRITES_S = 60  # nothing but the end of the process commits the write
 saver = Sqlite(sqlite3.connect({path!r}, check_same_thread=False))
 root = {{"configurable": {{"thread_id": "t", "checkpoint_ns": ""}}}}
 stored = saver.put(root, empty_checkpoint(), {{"source": "input", "step": -1}}, {{}})
@@ -644,17 +695,37 @@ saver.put_writes(stored, [("items", ["a"])], "task-a")
 """
 
 
-def test_a_held_write_is_committed_when_the_process_ends_without_closing_the_saver(tmp_path):
+ASYNC_CLOSED_BY_EXIT = """
+import asyncio, sys
+sys.path[:0] = [{root!r}]
+from langgraph.checkpoint.base import empty_checkpoint
+import savers, savers.sqlite
+savers.sqlite.HOLD_WRITES_S = 60  # nothing but the end of the process commits the write
+async def main():
+    opened = savers.open_async_saver("sqlite:///{path}")
+    saver = await opened.__aenter__()  # never left
+    root = {{"configurable": {{"thread_id": "t", "checkpoint_ns": ""}}}}
+    stored = await saver.aput(root, empty_checkpoint(), {{"source": "input", "step": -1}}, {{}})
+    await saver.aput_writes(stored, [("items", ["a"])], "task-a")
+    await saver.conn.close()  # (aiosqlite's thread would keep the process alive)
+    return opened
+keep = asyncio.new_event_loop().run_until_complete(main())  # a loop never closed: open_async_saver's own
+"""                                                          # close, at the loop's shutdown, never runs
+
+
+@pytest.mark.parametrize("code", [CLOSED_BY_EXIT, ASYNC_CLOSED_BY_EXIT], ids=["sync", "async"])
+def test_a_held_write_is_committed_when_the_process_ends_without_closing_the_saver(tmp_path, code):
     path = tmp_path / "exit.db"
-    code = CLOSED_BY_EXIT.format(root=str(Path(__file__).parent.parent), path=str(path))
+    code = code.format(root=str(Path(__file__).parent.parent), path=str(path))
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
     assert _pending(path) == ["task-a"]
 
 
 def test_async_sqlite_writes_on_the_loop_wait_for_a_lock_off_it(tmp_path):
-    """aput_writes runs on the event loop's thread with a connection that does not wait for locks: while
-    another process holds the database's write lock, the write goes to aiosqlite's thread and waits there,
-    the loop going on meanwhile, and is stored once the lock is let go."""
+    """aput runs on the event loop's thread with a connection that does not wait for locks: while another
+    process holds the database's write lock, the put - and the step's writes held for it, which the saver's
+    thread could not commit either - goes to aiosqlite's thread and waits there, the loop going on
+    meanwhile, and is stored once the lock is let go."""
     url = f"sqlite:///{tmp_path / 'locked.db'}"
     cfg = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
 
@@ -664,20 +735,21 @@ def test_async_sqlite_writes_on_the_loop_wait_for_a_lock_off_it(tmp_path):
             inline = saver._inline_commits
             holder = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)
             holder.execute("BEGIN IMMEDIATE")
-            write = asyncio.create_task(saver.aput_writes(stored, [("items", ["held"])], "task-1"))
-            for _ in range(20):  # the loop is free while the write waits for the lock
+            await saver.aput_writes(stored, [("items", ["held"])], "task-1")  # held: returns at once
+            put = asyncio.create_task(saver.aput(stored, empty_checkpoint(), {"source": "loop", "step": 0}, {}))
+            for _ in range(20):  # the loop is free while the put waits for the lock
                 await asyncio.sleep(0.01)
-            assert not write.done()
+            assert not put.done() and saver.held.rows  # nor did the saver's thread commit the write
             holder.execute("COMMIT")
             holder.close()
-            await asyncio.wait_for(write, 10)
+            await asyncio.wait_for(put, 10)
             tup = await saver.aget_tuple(stored)
-            await saver.aput_writes(stored, [("items", ["free"])], "task-2")
+            await saver.aput(cfg, empty_checkpoint(), {"source": "update", "step": 1}, {})
             return inline, saver._inline_commits, tup.pending_writes
 
     before, after, pending = asyncio.run(main())
     assert pending == [("task-1", "items", ["held"])]
-    assert (before, after) == (1, 2)  # the put and the last write went on the loop's connection; the held one not
+    assert (before, after) == (1, 2)  # the first and last puts went on the loop's connection; the waiting one not
 
 
 WAL_COMMITS = 8  # x INLINE_CHECKPOINT_COMMITS: without the copies the WAL would reach 8x its size after one
@@ -764,8 +836,9 @@ def test_async_sqlite_copies_its_wal_back_though_its_writes_do_not(tmp_path):
         async with savers.open_async_saver(f"sqlite:///{path}") as saver:
             stored = await saver.aput(cfg, empty_checkpoint(), {"source": "input", "step": -1}, {})
             wal = []
-            for n in range(1, commits + 1):
+            for n in range(1, commits + 1):  # a step: its writes (held), then its checkpoint, in one commit
                 await saver.aput_writes(stored, [("items", [f"item {n} " + "x" * 1000])], f"task-{n}")
+                await saver.aput(cfg, empty_checkpoint(), {"source": "update", "step": n}, {})
                 if n % 100 == 0:
                     wal.append((path.parent / "wal.db-wal").stat().st_size)
             copier = saver.copier
