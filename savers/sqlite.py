@@ -688,12 +688,9 @@ class WalCopier:
     the next open."""
 
     def __init__(self, path: str, lock: threading.Lock) -> None:
-        others = _descriptors(path)
         self.conn = sqlite3.connect(path, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000,
                                     isolation_level=None)
-        # The descriptor this connection opened on the database file (Linux), to flush its pages before the
-        # last copy: never closed here (closing a descriptor drops the process's POSIX locks on the file).
-        self.fd = min(_descriptors(path) - others, default=None)
+        self.path, self.file, self.fd = path, _file_id(path), None  # for _flush
         self.lock = lock
         self.commits = 0
         self.copies = 0
@@ -718,6 +715,8 @@ class WalCopier:
             try:
                 last = float("inf")
                 for _ in range(CATCH_UP_COPIES):  # the pages written meanwhile: fewer each time
+                    if self._closing:
+                        break
                     start = time.monotonic()
                     _copy_wal_back(self.conn)
                     self._flush()
@@ -734,7 +733,13 @@ class WalCopier:
 
     def _flush(self) -> None:
         """Flushes the pages the copies wrote to the database file to disk, beside the writes: the last copy
-        must, before the WAL can start over, and ~12 MB of them took it ~6 ms, holding up the writes."""
+        must, before the WAL can start over, and ~12 MB of them took it ~6 ms, holding up the writes.
+
+        Through any descriptor this process has open on the file (its connections'; Linux's /proc/self/fd):
+        opening one here would not do, as closing it drops the process's POSIX locks on the file. Where none
+        is found (elsewhere, or the file replaced), SQLite flushes in the last copy, as it did before."""
+        if self.fd is None or _file_id(self.fd) != self.file:  # (a descriptor closed, its number reused)
+            self.fd = next((fd for fd in _descriptors(self.path) if _file_id(fd) == self.file), None)
         if self.fd is not None:
             with contextlib.suppress(OSError):
                 os.fdatasync(self.fd)
@@ -746,15 +751,24 @@ class WalCopier:
         self.conn.close()
 
 
-def _descriptors(path: str) -> set[int]:
+def _descriptors(path: str) -> list[int]:
     """This process's file descriptors open on `path`: /proc/self/fd on Linux, none known elsewhere."""
-    fds, real = set(), os.path.realpath(path)
+    fds, real = [], os.path.realpath(path)
     with contextlib.suppress(OSError):
         for name in os.listdir("/proc/self/fd"):
             with contextlib.suppress(OSError):
                 if os.readlink(f"/proc/self/fd/{name}") == real:
-                    fds.add(int(name))
+                    fds.append(int(name))
     return fds
+
+
+def _file_id(file: str | int) -> tuple[int, int] | None:
+    """(device, inode) of a path or descriptor: which file it is."""
+    try:
+        found = os.stat(file)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def _after_copy(conn: sqlite3.Connection, copier: WalCopier | None, fn, *args) -> Any:
@@ -919,8 +933,9 @@ class HeldWrites:
                         except Exception as exc:  # held still: the next put or call commits them
                             locked = not self.waits and "locked" in str(exc)
                             (log.debug if locked else log.warning)("committing held writes failed: %s", exc)
-        with self.lock:  # stopping: what is held is committed here (close() ran on this thread) or by close()
-            self._commit_at_close()
+        if not self._closing.is_set():  # stopping on its own (close() ran on this thread, the connection closed)
+            with self.lock:  # else close() commits what is held: once, not here and then again there
+                self._commit_at_close()
 
     def _commit_at_close(self) -> sqlite3.Error | None:
         try:
@@ -1118,7 +1133,7 @@ class AsyncSqlite(SyncWrappers, _Rows, AsyncSqliteSaver):
         """fn(conn, *args) on aiosqlite's thread, after committing the held writes (a read sees, and a delete
         or copy takes along, every write put before it)."""
         held = self.held
-        if held is not None and held.rows:
+        if held is not None:
             with held.lock:
                 held.commit(conn=conn)
         return fn(conn, *args)

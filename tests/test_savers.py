@@ -651,9 +651,10 @@ def test_a_held_write_sqlite_refuses_for_good_fails_its_own_thread_only(tmp_path
         assert saver.get_tuple(_root("b")).checkpoint["channel_values"] == {"n": 2}
 
 
-def test_closing_over_a_locked_database_stops_everything_and_says_so(tmp_path):
+def test_closing_over_a_locked_database_stops_everything_and_says_so(tmp_path, caplog):
     """Review found: a held write that could not be committed at close (another process holding the write
-    lock past the busy timeout) made close fail before the WAL copier and the connection were closed."""
+    lock past the busy timeout) made close fail before the WAL copier and the connection were closed. And
+    (a later review) the saver's thread tried that commit too as it stopped: close waited twice as long."""
     from savers.errors import StorageError
 
     path = tmp_path / "locked.db"
@@ -666,6 +667,8 @@ def test_closing_over_a_locked_database_stops_everything_and_says_so(tmp_path):
             saver.put_writes(stored, [("items", ["a"])], "task-a")
     other.execute("ROLLBACK")
     assert not [t.name for t in threading.enumerate() if t.name.startswith("agent-")]
+    assert [r.message for r in caplog.records if "could not be stored" in r.message] == [
+        "1 held writes could not be stored: database is locked"]  # tried once, waiting once
     with pytest.raises(sqlite3.ProgrammingError):
         saver.conn.execute("SELECT 1")
 
@@ -794,7 +797,7 @@ def test_sync_sqlite_copies_its_wal_back_on_a_thread_of_its_own(tmp_path):
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="the copier finds its descriptor in /proc (Linux)")
 def test_wal_copier_flushes_the_database_file_before_its_copy_under_the_lock(tmp_path, monkeypatch):
     """The copier's last copy holds the saver's writes off; the database file's pages the earlier copies wrote
-    are flushed to disk before it, beside the writes, on the descriptor of the copier's own connection (so that
+    are flushed to disk before it, beside the writes, through a descriptor the process has open on it (so that
     last copy flushes only its own few pages)."""
     import os
 
@@ -805,7 +808,6 @@ def test_wal_copier_flushes_the_database_file_before_its_copy_under_the_lock(tmp
     real_copy, real_sync = sqlite_saver._copy_wal_back, os.fdatasync
     with savers.open_saver(f"sqlite:///{path}") as saver:
         copier = saver.copier
-        assert os.readlink(f"/proc/self/fd/{copier.fd}") == str(path.resolve())
         cfg = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
         for n in range(200):
             saver.put(cfg, empty_checkpoint(), {"source": "update", "step": n}, {})
@@ -818,6 +820,7 @@ def test_wal_copier_flushes_the_database_file_before_its_copy_under_the_lock(tmp
         deadline = time.monotonic() + 10
         while copier.copies == copies and time.monotonic() < deadline:
             time.sleep(0.01)
+        assert os.readlink(f"/proc/self/fd/{copier.fd}") == str(path.resolve())
     assert events[-1] == ("copy", True)  # the last copy, under the lock
     assert events[-2] == ("flush", copier.fd, False)  # right before it, without the lock
     assert ("copy", False) in events[:-2]
