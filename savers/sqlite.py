@@ -751,6 +751,18 @@ class WalCopier:
         self.conn.close()
 
 
+def _close_held(held: HeldWrites | None, at_exit: weakref.finalize | None) -> sqlite3.Error | None:
+    """Closes a saver's held writes now (committing them) instead of at exit, once; what could not be stored
+    (logged; the caller closes the rest all the same, then raises it)."""
+    if held is None or at_exit is None or at_exit.detach() is None:
+        return None
+    try:
+        held.close()
+    except sqlite3.Error as exc:
+        return exc
+    return None
+
+
 def _descriptors(path: str) -> list[int]:
     """This process's file descriptors open on `path`: /proc/self/fd on Linux, none known elsewhere."""
     fds, real = [], os.path.realpath(path)
@@ -863,6 +875,12 @@ class HeldWrites:
                 self._thread = threading.Thread(target=self._commit_when_due, name="agent-held-writes", daemon=True)
                 self._thread.start()
             self._wake.set()
+
+    def raise_refused(self, thread_id: str) -> None:
+        """After a put of this thread: why one of its held writes could not be stored, if one could not."""
+        if self.refused and (failed := self.refused.pop(thread_id, None)) is not None:
+            raise StorageError(f"a write of thread '{thread_id}' before this checkpoint could not be stored: "
+                               f"{failed}") from failed
 
     def committed(self, rows: int = 1) -> None:
         if self.copier is not None:
@@ -1042,9 +1060,7 @@ class Sqlite(_Rows, SqliteSaver):
             self.setup()
             # with the step's writes (HeldWrites), in one transaction
             refused = self.held.commit(lambda: _put_row(self.conn, sql, params, row))
-            if self.held.refused and (failed := self.held.refused.pop(row[0], None)) is not None:
-                raise StorageError(f"a write of thread '{row[0]}' before this checkpoint could not be stored: "
-                                   f"{failed}") from failed
+            self.held.raise_refused(row[0])
         if refused is not None:
             raise self._not_stored(row, refused)
         self.chains.remember(row[0], row[1], encoded)
@@ -1216,9 +1232,8 @@ class AsyncSqlite(SyncWrappers, _Rows, AsyncSqliteSaver):
         row, encoded = self._checkpoint_row(config, checkpoint, metadata, new_versions)
         sql, params = self._put_statement(row, metadata)
         refused = await self._write(_put_row, sql, params, row)
-        if self.held is not None and self.held.refused and (failed := self.held.refused.pop(row[0], None)):
-            raise StorageError(f"a write of thread '{row[0]}' before this checkpoint could not be stored: "
-                               f"{failed}") from failed
+        if self.held is not None:
+            self.held.raise_refused(row[0])
         if refused is not None:
             raise self._not_stored(row, refused)
         self.chains.remember(row[0], row[1], encoded)
@@ -1337,13 +1352,8 @@ def open_sqlite(path: str, create: bool = True, options: SaverOptions | None = N
             raise _storage_error(path, exc) from exc
         yield saver
     finally:
-        failure = None
-        if saver is not None:
-            try:
-                if saver.close_held.detach() is not None:
-                    saver.held.close()  # before the copier: its commit is counted, and copied back at close
-            except sqlite3.Error as exc:  # logged; the copier and the connection are closed all the same
-                failure = exc
+        # before the copier: its commit is counted, and copied back at close
+        failure = _close_held(saver.held, saver.close_held) if saver is not None else None
         if copier is not None:  # first: the saver's connection, closed last, copies the WAL back
             saver.copier = None
             copier.close()
@@ -1363,7 +1373,7 @@ async def open_async_sqlite(path: str, create: bool = True,
         conn = await aiosqlite.connect(absolute, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
     except sqlite3.Error as exc:
         raise _storage_error(path, exc) from exc
-    inline = copier = held = None
+    inline = copier = held = close_held = None
     try:
         try:
             for pragma in PRAGMAS:
@@ -1380,13 +1390,9 @@ async def open_async_sqlite(path: str, create: bool = True,
             raise _storage_error(path, exc) from exc
         yield saver
     finally:
-        failure = None
-        if held is not None and close_held.detach() is not None:
+        if held is not None:
             saver.held = None
-            try:
-                held.close()  # before the copier and the inline connection it commits on
-            except sqlite3.Error as exc:  # logged; the rest is closed all the same
-                failure = exc
+        failure = _close_held(held, close_held)  # before the copier and the inline connection it commits on
         if copier is not None:  # waits for a copy under way (tens of ms at most), once
             saver.copier = None
             copier.close()
