@@ -74,6 +74,9 @@ SQLITE = [
              "WHERE json_extract(CAST(metadata AS TEXT), '$.source') IN ('loop', 'input')"),
     # ... now kept by the put itself (savers/sqlite.py PUT_NEXT), which costs a put less than the index did.
     "DROP INDEX IF EXISTS agent_one_writer",
+    # The writes of a checkpoint's parent, carried by its row instead of rows of `writes` (savers/sqlite.py
+    # HeldWrites.put_row). A database opened by a version before this one would not see them.
+    "ALTER TABLE checkpoints ADD COLUMN parent_writes BLOB",
 ]
 
 POSTGRES = [

@@ -104,7 +104,35 @@ def craft_write(conn, channel: str, type_: str, value: bytes) -> int:
             conn.execute(f"UPDATE {table} SET {column} = {param} WHERE {key} = {param}",
                          (ormsgpack.packb(entries), row_key))
             replaced += len(hits)
+    if isinstance(conn, sqlite3.Connection):  # and the writes a step's checkpoint row carries for its parent
+
+        def craft(entry):
+            nonlocal replaced
+            if entry[3] == channel:
+                replaced += 1
+                return [*entry[:4], type_, value]
+            if entry[4] == PACKED:
+                packed = ormsgpack.unpackb(entry[5])
+                hits = [i for i, inner in enumerate(packed) if inner[0] == channel]
+                for i in hits:
+                    packed[i] = [channel, type_, value]
+                replaced += len(hits)
+                return [*entry[:5], ormsgpack.packb(packed)]
+            return entry
+
+        rewrite_carried(conn, craft)
     return replaced
+
+
+def rewrite_carried(conn: sqlite3.Connection, change) -> None:
+    """Rewrites every write that checkpoint rows of a SQLite database carry for their parents (parent_writes,
+    savers.sqlite.HeldWrites.put_row): each entry [task_id, task_path, idx, channel, type, value] -> change(entry)."""
+    import ormsgpack
+
+    for rowid, data in conn.execute("SELECT rowid, parent_writes FROM checkpoints WHERE parent_writes IS NOT NULL"
+                                    ).fetchall():
+        entries = [change(list(entry)) for entry in ormsgpack.unpackb(data)]
+        conn.execute("UPDATE checkpoints SET parent_writes = ? WHERE rowid = ?", (ormsgpack.packb(entries), rowid))
 
 
 class CLI:

@@ -108,7 +108,7 @@ def test_a_database_made_with_the_one_writer_index_keeps_the_rule_without_it(tmp
     conn = sqlite3.connect(path)
     SqliteSaver(conn).setup()
     conn.execute(SQLITE[0])
-    for version, sql in enumerate(SQLITE[:-1]):  # every migration but the last: the index is there
+    for version, sql in enumerate(SQLITE[:SQLITE.index("DROP INDEX IF EXISTS agent_one_writer")]):  # the index is there
         conn.execute(sql)
         conn.execute("INSERT INTO agent_migrations (v) VALUES (?)", (version,))
     conn.commit()

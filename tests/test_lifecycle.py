@@ -525,7 +525,8 @@ def stored_bytes(url: str, thread: str) -> int:
 
         with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
             return sum(conn.execute(sql, (thread,)).fetchone()[0] or 0 for sql in (
-                "SELECT SUM(LENGTH(checkpoint) + LENGTH(metadata)) FROM checkpoints WHERE thread_id = ?",
+                "SELECT SUM(LENGTH(checkpoint) + LENGTH(metadata) + IFNULL(LENGTH(parent_writes), 0)) FROM checkpoints "
+                "WHERE thread_id = ?",
                 "SELECT SUM(LENGTH(value)) FROM writes WHERE thread_id = ?"))
     import psycopg
 

@@ -545,8 +545,14 @@ def test_a_step_whose_checkpoint_was_saved_survives_sigkill(db_url, child_code):
 
 def _pending(path: Path) -> list[str]:
     """The task ids of the writes stored in a SQLite file, read by another connection (as another process)."""
+    from savers.sqlite import folded_rows
+
     with contextlib.closing(sqlite3.connect(path)) as conn:
-        return sorted(task_id for (task_id,) in conn.execute("SELECT DISTINCT task_id FROM writes"))
+        ids = {task_id for (task_id,) in conn.execute("SELECT DISTINCT task_id FROM writes")}
+        for row in conn.execute("SELECT thread_id, checkpoint_ns, parent_checkpoint_id, parent_writes FROM checkpoints "
+                                "WHERE parent_writes IS NOT NULL"):  # a step's writes, carried by its child's row
+            ids.update(write[3] for write in folded_rows(*row))
+        return sorted(ids)
 
 
 def test_sync_sqlite_commits_a_steps_writes_with_its_checkpoint_and_never_holds_them_long(tmp_path):
@@ -632,6 +638,93 @@ def test_async_sqlite_commits_a_steps_writes_with_its_checkpoint_and_never_holds
         assert "task-g" in _pending(path)  # committed at close
 
     asyncio.run(main())
+
+
+def _carried(path: Path) -> int:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return conn.execute("SELECT count(*) FROM checkpoints WHERE parent_writes IS NOT NULL").fetchone()[0]
+
+
+@pytest.mark.parametrize("key", [None, "a passphrase of the test"], ids=["plaintext", "encrypted"])
+def test_a_steps_writes_carried_by_the_next_checkpoints_row_read_back_as_stored(tmp_path, key):
+    """On SQLite a step's writes go into the row of the checkpoint after it (savers.sqlite HeldWrites.put_row),
+    not rows of their own: every read - get_tuple of each checkpoint, list whole and by pages, the async saver's
+    - gives what InMemorySaver gives; copies keep them (sealed again for the copy's thread when encrypted),
+    and a lineage copy from a fork point keeps the fork point's writes, which its copy's child does not carry."""
+    from savers.options import SaverOptions
+
+    memory = InMemorySaver()
+    run(memory, "t", start(6))
+    expected = history(memory, "t")
+
+    path, options = tmp_path / "carried.db", SaverOptions(encryption_key=key)
+    with savers.open_saver(f"sqlite:///{path}", options=options) as saver:
+        run(saver, "t", start(6))
+        assert history(saver, "t") == expected
+        listed = list(saver.list(config("t")))
+        assert [saver.get_tuple(t.config).pending_writes for t in listed] == [t.pending_writes for t in listed]
+        assert [t.pending_writes for t in saver.list(config("t"), limit=3)] == [t.pending_writes for t in listed[:3]]
+        graph = build().compile(checkpointer=saver)
+        at_2 = next(t for t in listed if t.metadata["step"] == 2)
+        fork = graph.update_state(at_2.config, {"items": ["fork"]})
+        saver.copy_thread("t", "branch", up_to=fork["configurable"]["checkpoint_id"])
+        copied_at_2 = saver.get_tuple(config("branch", at_2.checkpoint["id"]))
+        assert copied_at_2.pending_writes == at_2.pending_writes != []  # its carrier, step 3, was not copied
+        saver.copy_thread("t", "whole")
+        assert history(saver, "whole") == history(saver, "t")
+    assert _carried(path) >= 6
+
+    async def main():
+        async with savers.open_async_saver(f"sqlite:///{tmp_path / 'acarried.db'}", options=options) as saver:
+            await build().compile(checkpointer=saver).ainvoke(start(6), config("t"), durability="sync")
+            return [(t.metadata.get("step"), t.checkpoint["channel_values"],
+                     sorted((c, repr(v)) for _, c, v in t.pending_writes)) async for t in saver.alist(config("t"))]
+
+    assert asyncio.run(main()) == expected
+    assert _carried(tmp_path / "acarried.db") >= 6
+
+
+def test_writes_a_checkpoints_row_cannot_carry_are_stored_as_rows_of_their_own(tmp_path, monkeypatch):
+    """The way back to rows of `writes`: a put that stores nothing (another writer's child), a checkpoint put
+    again with its id, writes past FOLD_MAX_BYTES, and a row with its writes past SQLite's size limit. None
+    is lost, and each read gives them; a run whose checkpoint is deleted leaves its parent's writes."""
+    from savers.sqlite import FOLD_MAX_BYTES
+    from savers.threads import WriterConflict
+
+    monkeypatch.setattr(savers.sqlite, "HOLD_WRITES_S", 60)  # nothing but a put or a read commits them
+    path = tmp_path / "apart.db"
+    with savers.open_saver(f"sqlite:///{path}") as saver:
+        first = saver.put(_root("t"), _checkpoint(1, {"n": 1}, "1"), {"source": "input", "step": -1, "run_id": "r1"},
+                          {"n": "1"})
+        saver.put_writes(first, [("items", ["a"]), ("n", 2)], "task-a")
+        second = saver.put(first, _checkpoint(2, {"n": 2}, "2"), {"source": "loop", "step": 0, "run_id": "r2"},
+                           {"n": "2"})
+        assert _carried(path) == 1 and _pending(path) == ["task-a"]
+
+        saver.put_writes(first, [("items", ["late"]), ("n", 3)], "task-late")
+        with pytest.raises(WriterConflict):  # a second "loop" child of `first`
+            saver.put(first, _checkpoint(3, {"n": 3}, "3"), {"source": "loop", "step": 0}, {"n": "3"})
+        saver.put_writes(first, [("items", ["again"]), ("n", 3)], "task-again")
+        saver.put(first, _checkpoint(2, {"n": 5}, "2"), {"source": "loop", "step": 0, "run_id": "r2"}, {"n": "2"})
+        saver.put_writes(second, [("items", ["x" * FOLD_MAX_BYTES]), ("n", 3)], "task-big")
+        third = saver.put(second, _checkpoint(4, {"n": 4}, "4"), {"source": "loop", "step": 1}, {"n": "4"})
+        saver.conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 4_500)  # each write fits; a row carrying both does not
+        saver.put_writes(third, [("items", ["c" * 2_500]), ("n", 4)], "task-c")
+        saver.put_writes(third, [("items", ["d" * 2_500]), ("n", 4)], "task-d")
+        saver.put(third, _checkpoint(5, {"n": 5}, "5"), {"source": "loop", "step": 2}, {"n": "5"})
+        saver.conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 1_000_000_000)
+        assert _carried(path) == 1  # only task-a's went into a row: every other write is a row of its own
+
+        def pending(checkpoint):
+            return sorted(task for task, _, _ in saver.get_tuple(checkpoint).pending_writes)
+
+        assert pending(first) == ["task-a", "task-a", "task-again", "task-again", "task-late", "task-late"]
+        assert pending(second) == ["task-big", "task-big"]
+        assert pending(third) == ["task-c", "task-c", "task-d", "task-d"]
+        assert saver.get_tuple(second).checkpoint["channel_values"] == {"n": 5}  # put again: upserted as before
+        saver.delete_for_runs(["r2"])  # the row carrying task-a's writes goes; they stay with `first`
+        assert pending(first) == ["task-a", "task-a", "task-again", "task-again", "task-late", "task-late"]
+        assert saver.get_tuple(second) is None
 
 
 def test_a_held_write_sqlite_refuses_for_good_fails_its_own_thread_only(tmp_path):
@@ -791,7 +884,7 @@ def test_async_sqlite_writes_on_the_loop_wait_for_a_lock_off_it(tmp_path):
             put = asyncio.create_task(saver.aput(stored, empty_checkpoint(), {"source": "loop", "step": 0}, {}))
             for _ in range(20):  # the loop is free while the put waits for the lock
                 await asyncio.sleep(0.01)
-            assert not put.done() and saver.held.rows  # nor did the saver's thread commit the write
+            assert not put.done() and "task-1" not in _pending(tmp_path / "locked.db")  # nor did the saver's thread
             holder.execute("COMMIT")
             holder.close()
             await asyncio.wait_for(put, 10)

@@ -18,7 +18,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.serde.event_hooks import register_serde_event_listener
 from langgraph.types import Interrupt
 
-from conftest import craft_write
+from conftest import craft_write, rewrite_carried
 
 from agent.offline import OfflineChatModel
 from graphs.ask import Price, Retry
@@ -80,6 +80,7 @@ def value_bytes(path: Path) -> int:
     with sqlite3.connect(path) as conn:
         return sum(conn.execute(sql).fetchone()[0] or 0 for sql in (
             "SELECT sum(length(checkpoint)) FROM checkpoints", "SELECT sum(length(value)) FROM writes",
+            "SELECT sum(length(parent_writes)) FROM checkpoints",
             "SELECT sum(length(blob)) FROM agent_blobs"))
 
 
@@ -222,6 +223,7 @@ def _relabel(conn) -> None:
     # The type tag is bound to the value: an encrypted value of one type cannot pass for another.
     conn.execute("UPDATE writes SET type = CASE type WHEN 'msgpack+aesgcm' THEN 'json+aesgcm' "
                  "ELSE 'msgpack+aesgcm' END")
+    rewrite_carried(conn, lambda e: [*e[:4], "json+aesgcm" if e[4] == "msgpack+aesgcm" else "msgpack+aesgcm", e[5]])
 
 
 @pytest.mark.parametrize("alter", [_flip_a_byte, _relabel], ids=["a byte flipped", "type tag changed"])

@@ -55,6 +55,7 @@ def stored_bytes(url: str) -> int:
         with sqlite3.connect(sqlite_path(url)) as conn:
             return sum(conn.execute(sql).fetchone()[0] or 0 for sql in (
                 "SELECT sum(length(checkpoint) + length(metadata)) FROM checkpoints",
+                "SELECT sum(length(parent_writes)) FROM checkpoints",
                 "SELECT sum(length(value)) FROM writes", "SELECT sum(length(blob)) FROM agent_blobs"))
     with psycopg.connect(url) as conn:
         return sum(conn.execute(sql).fetchone()[0] or 0 for sql in (
@@ -185,10 +186,31 @@ def _swap(url: str, table_sql: dict) -> None:
     """Runs one backend's statement that moves an encrypted value into another row."""
     if backend(url) == "sqlite":
         with sqlite3.connect(sqlite_path(url)) as conn:
-            conn.execute(table_sql["sqlite"])
+            if callable(table_sql["sqlite"]):
+                table_sql["sqlite"](conn)
+            else:
+                conn.execute(table_sql["sqlite"])
     else:
         with psycopg.connect(url) as conn:
             conn.execute(table_sql["postgres"])
+
+
+def _swap_carried_plan_write(conn) -> None:
+    """On SQLite a step's writes are carried by the row of the checkpoint after it (parent_writes): the first
+    carried entry of t1 with the plan (a task's packed writes, channel '*') put in place of t2's."""
+    import ormsgpack
+
+    found = {}
+    for thread in ("t1", "t2"):
+        for rowid, data in conn.execute("SELECT rowid, parent_writes FROM checkpoints WHERE thread_id = ? AND "
+                                        "parent_writes IS NOT NULL ORDER BY checkpoint_id", (thread,)):
+            entries = ormsgpack.unpackb(data)
+            if hit := [i for i, entry in enumerate(entries) if entry[3] in ("plan", "*")]:
+                found[thread] = rowid, entries, hit[0]
+                break
+    (_, source, i), (rowid, target, j) = found["t1"], found["t2"]
+    target[j][5] = source[i][5]
+    conn.execute("UPDATE checkpoints SET parent_writes = ? WHERE rowid = ?", (ormsgpack.packb(target), rowid))
 
 
 @pytest.mark.parametrize("moved", ["write to another checkpoint", "checkpoint to another thread"])
@@ -205,8 +227,7 @@ def test_an_encrypted_value_copied_to_another_row_fails_to_decrypt(db_url, monke
         # task's writes are one packed row (channel '*'): the first task's row is the one with the plan.
         first = "SELECT {} FROM {} WHERE thread_id = '{}' AND channel IN ('plan', '*') ORDER BY checkpoint_id LIMIT 1"
         _swap(db_url, {
-            "sqlite": f"UPDATE writes SET value = ({first.format('value', 'writes', 't1')}) "
-                      f"WHERE rowid = ({first.format('rowid', 'writes', 't2')})",
+            "sqlite": _swap_carried_plan_write,
             "postgres": f"UPDATE checkpoint_writes SET blob = ({first.format('blob', 'checkpoint_writes', 't1')}) "
                         f"WHERE ctid = ({first.format('ctid', 'checkpoint_writes', 't2')})"})
     else:
