@@ -9,11 +9,12 @@ bytes stored and time taken with no compression, gzip, zstd, encryption, and zst
 
 Each thread is graphs/cot.py answering its own sum of N numbers with the built-in offline model and the reply
 cache, durability="sync", as the agent runs it. Per thread: "stored" is the bytes of the stored values (SQLite:
-checkpoints.checkpoint + metadata, writes.value, agent_blobs.blob; Postgres: checkpoints.checkpoint::text +
-metadata::text, checkpoint_writes.blob, checkpoint_blobs.blob); "cache" the reply cache's values; "file" the
-SQLite file after VACUUM; "run" the median time to reason (every checkpoint written); "read" the median time to
-read the thread's whole history back. Options take turns in a shuffled order within each round, so load from
-elsewhere on the machine hits them alike; "× none" is the median over rounds of run time / none's in that round.
+checkpoints.checkpoint + metadata + parent_writes, writes.value, agent_blobs.blob; Postgres:
+checkpoints.checkpoint::text + metadata::text, checkpoint_writes.blob, checkpoint_blobs.blob); "cache" the
+reply cache's values; "file" the SQLite file after VACUUM; "run" the median time to reason (every checkpoint
+written); "read" the median time to read the thread's whole history back. Options take turns in a shuffled
+order within each round, so load from elsewhere on the machine hits them alike; "× none" is the median over
+rounds of run time / none's in that round.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ BASELINE = "none"
 
 SQLITE_STORED = ("SELECT sum(length(CAST(checkpoint AS BLOB)) + length(CAST(metadata AS BLOB))) FROM checkpoints",
                  "SELECT sum(length(CAST(value AS BLOB))) FROM writes",
+                 "SELECT sum(length(parent_writes)) FROM checkpoints",  # a step's writes, carried by the next row
                  "SELECT sum(length(CAST(blob AS BLOB))) FROM agent_blobs")
 POSTGRES_STORED = ("SELECT sum(octet_length(checkpoint::text) + octet_length(metadata::text)) FROM checkpoints",
                    "SELECT sum(octet_length(blob)) FROM checkpoint_writes",

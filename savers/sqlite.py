@@ -179,9 +179,12 @@ INSERT_CHECKPOINT = f"INSERT INTO checkpoints ({_COLUMNS}, parent_writes) VALUES
 _DELETED = "SELECT 1 FROM agent_tombstones WHERE thread_id = ? AND ? <= last_checkpoint_id"
 # put: an upsert (never REPLACE, which would delete the row it replaces and insert anew), unless the thread
 # was deleted under the run.
+# Not over a row that carries writes for another parent than the new one (_put_row makes them rows first).
 _UPSERT = ("ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id) DO UPDATE SET "
            "parent_checkpoint_id = excluded.parent_checkpoint_id, type = excluded.type, "
-           "checkpoint = excluded.checkpoint, metadata = excluded.metadata")
+           "checkpoint = excluded.checkpoint, metadata = excluded.metadata "
+           "WHERE checkpoints.parent_writes IS NULL "
+           "OR checkpoints.parent_checkpoint_id IS excluded.parent_checkpoint_id")
 PUT_CHECKPOINT = (f"INSERT INTO checkpoints ({_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS ({_DELETED}) "
                   + _UPSERT)
 # A run's next checkpoint (source "loop" or "input", with a parent; parameters ?1-?7 are the row's columns): also
@@ -206,6 +209,7 @@ PUT_NEXT = (f"INSERT INTO checkpoints ({_COLUMNS}) SELECT ?1, ?2, ?3, ?4, ?5, ?6
 PUT_NEXT_FOLDED = (PUT_NEXT.replace(f"({_COLUMNS}) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 ",
                                     f"({_COLUMNS}, parent_writes) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 ")
                    .replace(_UPSERT, "ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id) DO NOTHING"))
+assert "?8" in PUT_NEXT_FOLDED and "DO NOTHING" in PUT_NEXT_FOLDED, "PUT_NEXT changed: build PUT_NEXT_FOLDED anew"
 TOMBSTONE = ("INSERT INTO agent_tombstones (thread_id, last_checkpoint_id) SELECT thread_id, MAX(checkpoint_id) "
              "FROM checkpoints WHERE thread_id IN (SELECT value FROM json_each(?)) GROUP BY thread_id "
              "ON CONFLICT (thread_id) DO UPDATE SET "
@@ -218,8 +222,10 @@ DELETE_THREADS = tuple(f"DELETE FROM {t} WHERE thread_id IN (SELECT value FROM j
 _IN_RUNS = "json_extract(CAST({m} AS TEXT), '$.run_id') IN (SELECT value FROM json_each(?))"
 SELECT_RUNS = f"SELECT thread_id, checkpoint_ns, checkpoint_id, type, checkpoint FROM checkpoints WHERE {_IN_RUNS.format(m='metadata')}"
 # The writes that the runs' rows carry for their parents: they stay, as rows of `writes`, where the parent does.
-SELECT_RUNS_FOLDED = ("SELECT thread_id, checkpoint_ns, parent_checkpoint_id, parent_writes FROM checkpoints "
-                      f"WHERE parent_writes IS NOT NULL AND {_IN_RUNS.format(m='metadata')}")
+SELECT_RUNS_FOLDED = ("SELECT thread_id, checkpoint_ns, parent_checkpoint_id, parent_writes FROM checkpoints c "
+                      f"WHERE parent_writes IS NOT NULL AND {_IN_RUNS.format(m='metadata')} AND EXISTS (SELECT 1 "
+                      "FROM checkpoints p WHERE p.thread_id = c.thread_id AND p.checkpoint_ns = c.checkpoint_ns "
+                      "AND p.checkpoint_id = c.parent_checkpoint_id)")
 DELETE_RUNS = (
     "DELETE FROM writes WHERE EXISTS (SELECT 1 FROM checkpoints c WHERE c.thread_id = writes.thread_id "
     "AND c.checkpoint_ns = writes.checkpoint_ns AND c.checkpoint_id = writes.checkpoint_id AND "
@@ -270,6 +276,13 @@ SELECT_LINEAGE_ROWS = f"SELECT {_COLUMNS}, parent_writes FROM checkpoints c WHER
 # A whole thread's rows, to copy them one by one when they are encrypted (bound to their thread).
 SELECT_THREAD_ROWS = f"SELECT {_COLUMNS}, parent_writes FROM checkpoints WHERE thread_id = ?"
 SELECT_THREAD_WRITES = f"SELECT {_WRITE_COLUMNS} FROM writes WHERE thread_id = ?"
+# A step's writes a row carried, as rows of `writes`: they were stored before any row of the same key that is
+# there (_unfold), so they replace it.
+INSERT_CARRIED = f"INSERT OR REPLACE INTO writes ({_WRITE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+SELECT_CARRIED_ELSEWHERE = ("SELECT parent_checkpoint_id, parent_writes FROM checkpoints WHERE thread_id = ?1 "
+                            "AND checkpoint_ns = ?2 AND checkpoint_id = ?3 AND parent_writes IS NOT NULL "
+                            "AND parent_checkpoint_id IS NOT ?4")
+UNCARRY = "UPDATE checkpoints SET parent_writes = NULL WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id = ?"
 SELECT_THREAD_FOLDED = ("SELECT checkpoint_ns, checkpoint_id, parent_checkpoint_id, parent_writes FROM checkpoints "
                         "WHERE thread_id = ? AND parent_writes IS NOT NULL")
 _BLOB_COLUMNS = "thread_id, checkpoint_ns, channel, version, type, blob, base"
@@ -460,7 +473,7 @@ class _Rows:
     def _unseal_writes(self, row, writes) -> list[tuple]:
         """A checkpoint row's (task_id, channel, type, value, task_path, idx) writes, their values unsealed, a
         packed row (compact.PACKED) as the writes it stands for, and those its children carry (_unfold)."""
-        return unseal_writes(self.serde, *row[:3], _unfold(writes))
+        return unseal_writes(self.serde, *row[:3], _unfold(writes, *row[:3]))
 
     # -- operations ------------------------------------------------------------------------------------
 
@@ -556,7 +569,7 @@ class _Rows:
         carried = [w for thread_id, ns, parent, blob in (yield SELECT_RUNS_FOLDED, (runs,), False)
                    for w in folded_rows(thread_id, ns, parent, blob)]
         if carried:  # (those of a parent deleted too go with the next statement)
-            yield INSERT_WRITES, carried, True
+            yield INSERT_CARRIED, carried, True
         for sql in DELETE_RUNS:
             yield sql, (runs,), False
 
@@ -600,7 +613,7 @@ class _Rows:
                 if (ns, parent) in copied and (ns, cid) not in copied and (ns, parent) != ("", up_to)
                 for w in folded_rows(source, ns, parent, data)]
         if left:
-            yield INSERT_WRITES, [self._moved_write(w, target) if moved else (target, *w[1:]) for w in left], True
+            yield INSERT_CARRIED, [self._moved_write(w, target) if moved else (target, *w[1:]) for w in left], True
         writes = [*writes, *left, *(w for row in rows if row[7] is not None
                                     for w in folded_rows(source, row[1], row[3], row[7]))]
         # Values the lineage refers to that rows outside it store: kept for the copy in agent_blobs.
@@ -852,6 +865,12 @@ def _put_row(conn: sqlite3.Connection, sql: str, params, row) -> bool | None:
     """put's INSERT. None when stored; else whether a tombstone refused it (if not, another writer did)."""
     if conn.execute(sql, params).rowcount:
         return None
+    if (carried := conn.execute(SELECT_CARRIED_ELSEWHERE, (*row[:4],)).fetchone()) is not None:
+        # a checkpoint put again with another parent: the writes its row carried for the old one become rows
+        conn.executemany(INSERT_CARRIED, folded_rows(row[0], row[1], *carried))
+        conn.execute(UNCARRY, row[:3])
+        if conn.execute(sql, params).rowcount:
+            return None
     return conn.execute(_DELETED, (row[0], row[3])).fetchone() is not None
 
 
@@ -886,21 +905,23 @@ def folded_rows(thread_id: str, ns: str, parent: str, data: bytes) -> list[tuple
     return rows
 
 
-def _unfold(writes: list) -> list:
-    """A checkpoint's (task_id, channel, type, value, task_path, idx) writes as read by SELECT_WRITES: its rows
-    of `writes`, then those its children carry (task_id NULL, value their parent_writes) that no row before
-    has the key (task_id, idx) of - INSERT OR IGNORE keeps the first."""
+def _unfold(writes: list, thread_id: str, ns: str, checkpoint_id: str) -> list:
+    """A checkpoint's (task_id, channel, type, value, task_path, idx) writes as read by SELECT_WRITES: those
+    its children carry (task_id NULL, value their parent_writes), oldest child first, then its rows of `writes`,
+    each unless one before has its key (task_id, idx), as INSERT OR IGNORE keeps the first. Carried writes come
+    first: they were committed with the step after them, and a row of the same key can only have come later (a
+    task run again from the checkpoint, its put refused as a second writer's)."""
     if all(w[0] is not None for w in writes):
         return writes
-    rows = [w for w in writes if w[0] is not None]
-    keys = {(w[0], w[5]) for w in rows}
+    found: dict[tuple, tuple] = {}
     for w in writes:
         if w[0] is None:
-            for *_, task_id, task_path, idx, channel, type_, value in folded_rows("?", "", "?", w[3]):
-                if (task_id, idx) not in keys:
-                    keys.add((task_id, idx))
-                    rows.append((task_id, channel, type_, value, task_path, idx))
-    return rows
+            for *_, task_id, task_path, idx, channel, type_, value in folded_rows(thread_id, ns, checkpoint_id, w[3]):
+                found.setdefault((task_id, idx), (task_id, channel, type_, value, task_path, idx))
+    for w in writes:
+        if w[0] is not None:
+            found.setdefault((w[0], w[5]), w)
+    return list(found.values())
 
 
 class _Unfoldable(Exception):
@@ -977,12 +998,13 @@ class HeldWrites:
             self._wake.set()
 
     def put_row(self, sql: str, params, row, conn: sqlite3.Connection | None = None) -> bool | None:
-        """put's INSERT (_put_row) in one transaction with the held writes; the row of a run's next checkpoint
-        carries those of its parent (PUT_NEXT_FOLDED). Returns what _put_row does."""
+        """put's INSERT (_put_row) with the held writes, in one transaction (one statement, when the new row
+        carries them all); the row of a run's next checkpoint carries those of its parent (PUT_NEXT_FOLDED).
+        Returns what _put_row does."""
         conn = conn or self.conn
         if sql is PUT_NEXT and (folded := self._take(row)):
-            data = _fold([p[i + 3:i + WRITE_PARAMS] for _, p in folded for i in range(0, len(p) - 2, WRITE_PARAMS)])
             try:
+                data = _fold([p[i + 3:i + WRITE_PARAMS] for _, p in folded for i in range(0, len(p) - 2, WRITE_PARAMS)])
                 if len(data) <= FOLD_MAX_BYTES:
                     return self.commit(lambda: _put_folded(conn, params, row, folded, data), conn)
             except _Unfoldable:

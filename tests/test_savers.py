@@ -691,6 +691,8 @@ def test_writes_a_checkpoints_row_cannot_carry_are_stored_as_rows_of_their_own(t
     from savers.sqlite import FOLD_MAX_BYTES
     from savers.threads import WriterConflict
 
+    import savers.sqlite
+
     monkeypatch.setattr(savers.sqlite, "HOLD_WRITES_S", 60)  # nothing but a put or a read commits them
     path = tmp_path / "apart.db"
     with savers.open_saver(f"sqlite:///{path}") as saver:
@@ -725,6 +727,43 @@ def test_writes_a_checkpoints_row_cannot_carry_are_stored_as_rows_of_their_own(t
         saver.delete_for_runs(["r2"])  # the row carrying task-a's writes goes; they stay with `first`
         assert pending(first) == ["task-a", "task-a", "task-again", "task-again", "task-late", "task-late"]
         assert saver.get_tuple(second) is None
+
+
+def test_carried_writes_keep_their_checkpoint_and_the_first_value_as_inmemorysaver_does(tmp_path, monkeypatch):
+    """Review found, each against InMemorySaver: a checkpoint put again with another parent moved the writes its
+    row carried to the new parent (or lost them); a task's write put again for a checkpoint after its child
+    carried the first read as the second (INSERT OR IGNORE keeps the first); and deleting the parent's run, then
+    the child's, left the carried writes behind as rows of a checkpoint that is gone."""
+    import savers.sqlite
+
+    monkeypatch.setattr(savers.sqlite, "HOLD_WRITES_S", 60)
+
+    def scenario(saver):
+        first = saver.put(_root("t"), _checkpoint(1, {"n": 1}, "1"), {"source": "input", "step": -1, "run_id": "a"},
+                          {"n": "1"})
+        other = saver.put(_root("t"), _checkpoint(0, {"n": 0}, "1"), {"source": "update", "step": -1}, {"n": "1"})
+        saver.put_writes(first, [("items", ["first"]), ("n", 2)], "task")
+        child = saver.put(first, _checkpoint(2, {"n": 2}, "2"), {"source": "loop", "step": 0, "run_id": "b"},
+                          {"n": "2"})
+        saver.put_writes(first, [("items", ["second"]), ("n", 3)], "task")  # the same keys again: ignored
+        seen = [saver.get_tuple(first).pending_writes, [t.pending_writes for t in saver.list(_root("t"))]]
+        saver.put(other, _checkpoint(2, {"n": 5}, "2"), {"source": "update", "step": 0}, {"n": "2"})
+        seen += [saver.get_tuple(first).pending_writes, saver.get_tuple(other).pending_writes,
+                 saver.get_tuple(child).checkpoint["channel_values"]]
+        return seen
+
+    expected = scenario(InMemorySaver())
+    assert expected[0] == [("task", "items", ["first"]), ("task", "n", 2)]
+    with savers.open_saver(f"sqlite:///{tmp_path / 'keys.db'}") as saver:
+        assert scenario(saver) == expected
+    with savers.open_saver(f"sqlite:///{tmp_path / 'runs.db'}") as saver:
+        first = saver.put(_root("t"), _checkpoint(1, {"n": 1}, "1"), {"source": "input", "step": -1, "run_id": "a"},
+                          {"n": "1"})
+        saver.put_writes(first, [("items", ["x"]), ("n", 2)], "task")
+        saver.put(first, _checkpoint(2, {"n": 2}, "2"), {"source": "loop", "step": 0, "run_id": "b"}, {"n": "2"})
+        saver.delete_for_runs(["a"])
+        saver.delete_for_runs(["b"])
+        assert saver.conn.execute("SELECT count(*) FROM writes").fetchone() == (0,)
 
 
 def test_a_held_write_sqlite_refuses_for_good_fails_its_own_thread_only(tmp_path):
