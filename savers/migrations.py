@@ -118,7 +118,14 @@ CURRENT_VERSION = "SELECT COALESCE(MAX(v), -1) FROM agent_migrations"
 
 
 def pending(migrations: list[str], current: int) -> list[tuple[int, str]]:
-    """The (version, sql) pairs still to run after version `current`."""
+    """The (version, sql) pairs still to run after version `current`. A database a newer version migrated
+    further is refused: what it stores where this version does not look (savers/sqlite.py parent_writes, a
+    step's writes in its checkpoint's row) would read as missing, and writes would mix both forms."""
+    if current >= len(migrations):
+        from savers.errors import StorageError
+
+        raise StorageError(f"this database was written by a newer version of agent (schema {current}, this version "
+                           f"knows up to {len(migrations) - 1}): open it with that version or a later one")
     return list(enumerate(migrations))[current + 1:]
 
 

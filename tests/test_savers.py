@@ -766,6 +766,33 @@ def test_carried_writes_keep_their_checkpoint_and_the_first_value_as_inmemorysav
         assert saver.conn.execute("SELECT count(*) FROM writes").fetchone() == (0,)
 
 
+def test_a_database_a_newer_version_migrated_is_refused_with_one_clear_error(db_url):
+    """A newer version may store what this one does not read (as this one carries a step's writes in its
+    checkpoint's row, which the one before would read as no writes): opening it is an error, not missing data."""
+    from savers.errors import StorageError
+    from savers.migrations import POSTGRES, SQLITE
+
+    with savers.open_saver(db_url) as saver:
+        run(saver, "t", start(2))
+    newer = len(SQLITE if db_url.startswith("sqlite") else POSTGRES) + 3
+    if db_url.startswith("sqlite"):
+        with contextlib.closing(sqlite3.connect(db_url.removeprefix("sqlite:///"))) as conn, conn:
+            conn.execute("INSERT INTO agent_migrations (v) VALUES (?)", (newer,))
+    else:
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute("INSERT INTO agent_migrations (v) VALUES (%s)", (newer,))
+    with pytest.raises(StorageError, match=rf"written by a newer version of agent \(schema {newer}, this version"):
+        with savers.open_saver(db_url):
+            pass
+
+    async def main():
+        async with savers.open_async_saver(db_url):
+            pass
+
+    with pytest.raises(StorageError, match="newer version"):
+        asyncio.run(main())
+
+
 def test_a_held_write_sqlite_refuses_for_good_fails_its_own_thread_only(tmp_path):
     """Review found: one held row SQLite refuses for good (past its size limit) was kept for the next commit,
     so every later put, read and delete of every thread failed."""
