@@ -146,13 +146,14 @@ SELECT_LATEST = (f"SELECT {_COLUMNS} FROM checkpoints WHERE thread_id = ? AND ch
 # A checkpoint's writes are rows of `writes`, and (most of them) carried by its child's row: a step's writes,
 # held until its checkpoint is put (HeldWrites), go into that checkpoint's row as `parent_writes` - the writes
 # of its parent - instead of rows of their own (HeldWrites.put_row). One b-tree row a step instead of two:
-# 7.1 -> ~4 WAL frames a commit, and one statement fewer. In-graph A/B (bench/savers.py's graph, 20
-# interleaved rounds of 2,000 threads' steps, two runs): 1.235 -> 1.191x and 1.271 -> 1.204x InMemorySaver;
-# the same writes UPDATEd into the parent's own row instead (no child lookups when reading) gained half as
-# much, 1.271 -> 1.240x: an UPDATE is one statement more. Only a child whose id sorts after its parent's
-# carries writes, so a reader finds them among the checkpoints after it: none for the newest (one index seek).
-# A folded write reads back as the row it stands for; a row of `writes` with the same key (task, idx) comes
-# first, as INSERT OR IGNORE keeps the first. Each read of writes below reads both.
+# 7.16 -> 4.12 WAL frames a step, and one statement fewer. In-graph A/B (bench/savers.py's graph, 20-30
+# interleaved rounds of 2,000-3,000 threads' steps): sync 1.194 -> 1.179x and 1.255 -> 1.192x InMemorySaver,
+# async 1.198 -> 1.164x; the same writes UPDATEd into the parent's own row instead (no child lookups when
+# reading) gained half as much, 1.271 -> 1.240x: an UPDATE is one statement more. Only a child whose id sorts
+# after its parent's carries writes, so a reader finds them among the checkpoints after it: none for the
+# newest (one index seek), every later row of the namespace for an old one (no index on the parent: that
+# would be the b-tree this saves). A carried write reads back as the row it stands for, before a row of
+# `writes` with the same key (task, idx) - it was stored first (_unfold). Each read of writes below reads both.
 SELECT_WRITES = ("SELECT task_id, channel, type, value, task_path, idx FROM writes "
                  "WHERE thread_id = ?1 AND checkpoint_ns = ?2 AND checkpoint_id = ?3 "
                  "UNION ALL SELECT NULL, NULL, NULL, parent_writes, NULL, NULL FROM checkpoints "
