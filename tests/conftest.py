@@ -94,16 +94,21 @@ def craft_write(conn, channel: str, type_: str, value: bytes) -> int:
         table, column, key, param = "checkpoint_writes", "blob", "ctid", "%s"
     replaced = conn.execute(f"UPDATE {table} SET type = {param}, {column} = {param} WHERE channel = {param}",
                             (type_, value, channel)).rowcount
-    for row_key, packed in conn.execute(f"SELECT {key}, {column} FROM {table} WHERE type = {param}",
-                                        (PACKED,)).fetchall():
+
+    def crafted(packed: bytes) -> bytes | None:
+        """A packed row with the channel's writes crafted, or None when it has none."""
+        nonlocal replaced
         entries = ormsgpack.unpackb(packed)
         hits = [i for i, entry in enumerate(entries) if entry[0] == channel]
         for i in hits:
             entries[i] = [channel, type_, value]
-        if hits:
-            conn.execute(f"UPDATE {table} SET {column} = {param} WHERE {key} = {param}",
-                         (ormsgpack.packb(entries), row_key))
-            replaced += len(hits)
+        replaced += len(hits)
+        return ormsgpack.packb(entries) if hits else None
+
+    for row_key, packed in conn.execute(f"SELECT {key}, {column} FROM {table} WHERE type = {param}",
+                                        (PACKED,)).fetchall():
+        if (new := crafted(packed)) is not None:
+            conn.execute(f"UPDATE {table} SET {column} = {param} WHERE {key} = {param}", (new, row_key))
     if isinstance(conn, sqlite3.Connection):  # and the writes a step's checkpoint row carries for its parent
 
         def craft(entry):
@@ -111,13 +116,8 @@ def craft_write(conn, channel: str, type_: str, value: bytes) -> int:
             if entry[3] == channel:
                 replaced += 1
                 return [*entry[:4], type_, value]
-            if entry[4] == PACKED:
-                packed = ormsgpack.unpackb(entry[5])
-                hits = [i for i, inner in enumerate(packed) if inner[0] == channel]
-                for i in hits:
-                    packed[i] = [channel, type_, value]
-                replaced += len(hits)
-                return [*entry[:5], ormsgpack.packb(packed)]
+            if entry[4] == PACKED and (new := crafted(entry[5])) is not None:
+                return [*entry[:5], new]
             return entry
 
         rewrite_carried(conn, craft)
