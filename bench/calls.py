@@ -6,8 +6,8 @@ in the process. Prints microseconds per step in each kind of call and the proces
     python bench/calls.py                  # SQLite and a throwaway Postgres (tests/pgserver.py)
     python bench/calls.py --no-postgres --threads 500
 
-A step of a run is CPU-bound (its process CPU time equals its wall time: README, "Savers: contract, speed,
-size"), so this is the number a change to a saver's write path moves first; bench/savers.py then says whether
+A step of a run is CPU-bound (its process CPU time equals its wall time: bench/RESULTS.md, "Where the time
+goes"), so this is the number a change to a saver's write path moves first; bench/savers.py then says whether
 the ratio to InMemorySaver moved beyond its run-to-run noise.
 """
 

@@ -106,7 +106,7 @@ POSTGRES = [
     # The official migrations index each table by thread_id, which its primary key already leads with: every
     # lookup by thread (list, delete_thread, copy_thread, prune) is served by the primary key, and each index
     # cost every insert a b-tree more to write. Dropped: replayed steps, same run, server CPU 285 -> 270 us
-    # per step (bench/calls.py's calls; README "Fast and durable"). DROP INDEX waits for running
+    # per step (bench/calls.py's calls; bench/RESULTS.md). DROP INDEX waits for running
     # transactions on the table and blocks new ones while it runs (once, in the migration).
     *(f"DROP INDEX IF EXISTS {table}_thread_id_idx" for table in ("checkpoints", "checkpoint_blobs",
                                                                    "checkpoint_writes")),

@@ -8,8 +8,9 @@ None and Jsonb, which is all the savers' hot statements carry - are encoded in a
 statement runs as one `PQexecPrepared` (or `PQexecParams` when server-side prepared statements are off:
 pgbouncer in transaction mode), which lets go of the GIL while it waits. bench/savers.py in-graph A/B,
 20 interleaved rounds of 2,000 threads' steps: sync Postgres 1.61x InMemorySaver against 1.72x through the
-cursor (README, "Fast and durable"). Anything else - another parameter type, text holding NUL, which libpq
-cannot send as text - goes through psycopg's cursor as before, and so raises psycopg's own error.
+cursor (bench/RESULTS.md, "Postgres: one statement per call"). Anything else - another parameter type, text
+holding NUL, which libpq cannot send as text - goes through psycopg's cursor as before, and so raises
+psycopg's own error.
 
 The caller holds the connection alone (a saver lane's lock), in autocommit and idle; each statement is its
 own transaction, as through the cursor. Errors are psycopg's classes (from the result's SQLSTATE, with its
