@@ -9,6 +9,7 @@ from agent.errors import (
     CheckpointNotFound,
     ConfigError,
     ModelError,
+    NotOpen,
     QuestionMismatch,
     StorageError,
     ThreadBusy,
@@ -18,7 +19,7 @@ from agent.errors import (
 
 __all__ = [
     "Agent", "AsyncAgent", "RunResult", "Step", "Usage", "Event", "StateView", "CheckpointInfo", "HistoryPage", "ThreadInfo", "Diff", "Change", "Settings", "load_settings",
-    "AgentError", "BadInput", "CheckpointNotFound", "ThreadExists", "ThreadBusy", "ConfigError", "ModelError", "QuestionMismatch", "StorageError", "ThreadNotFound",
+    "AgentError", "BadInput", "CheckpointNotFound", "ThreadExists", "ThreadBusy", "ConfigError", "ModelError", "NotOpen", "QuestionMismatch", "StorageError", "ThreadNotFound",
 ]
 
 _LAZY = {

@@ -17,7 +17,8 @@ from typing import Any, Literal
 
 from agent.config import DEFAULT_MODEL, Settings, load_settings
 from agent.errors import (
-    BadInput, CheckpointNotFound, ModelError, QuestionMismatch, StorageError, ThreadBusy, ThreadExists, ThreadNotFound,
+    AgentError, BadInput, CheckpointNotFound, ModelError, NotOpen, QuestionMismatch, StorageError, ThreadBusy,
+    ThreadExists, ThreadNotFound,
 )
 from agent.history import (
     CheckpointInfo, Diff, HistoryPage, Page, PageRows, ThreadInfo, checkpoint_info, diff_values, history_page,
@@ -184,9 +185,32 @@ class _Core:
         self.create = create
         self.plaintext_ok = False
         self.settings = settings
-        self.saver: Any = None
+        self._saver: Any = None
         self._graphs: dict[str, Any] = {}
         self._lock = threading.Lock()
+
+    # The saver is open only inside the Agent's `with` block. The graphs are compiled on it, so they go when it
+    # closes: an Agent entered again opens a new saver and compiles new graphs (they ran on the closed one).
+    @property
+    def saver(self) -> Any:
+        if self._saver is None:
+            raise NotOpen("this Agent is not open: use it inside `with Agent(...) as agent:` (`async with` for "
+                          "AsyncAgent) - it was not entered yet, or it was closed")
+        return self._saver
+
+    def opening(self) -> None:
+        if self._saver is not None:
+            raise AgentError("this Agent is open already: enter it once, or use a second Agent")
+
+    def opened(self, saver: Any) -> None:
+        with self._lock:
+            self._saver = saver
+            self._graphs.clear()
+
+    def closed(self) -> None:
+        with self._lock:
+            self._saver = None
+            self._graphs.clear()
 
     def retention(self) -> RetentionPolicy | None:
         """The [retention] policy of the settings, applied to a thread after each run on it."""
@@ -547,7 +571,7 @@ class _Base:
     @property
     def encrypted(self) -> bool:
         """Whether the open database is encrypted at rest (see AGENT_ENCRYPTION_KEY)."""
-        return bool(getattr(getattr(self._core.saver, "serde", None), "encrypted", False))
+        return bool(getattr(getattr(self._core._saver, "serde", None), "encrypted", False))
 
 
 class Agent(_Base):
@@ -562,10 +586,11 @@ class Agent(_Base):
     def __enter__(self) -> Agent:
         import savers
 
+        self._core.opening()
         try:
             saver = savers.open_saver(self.settings.db, create=self._core.create,
                                       options=self._core.saver_options())
-            self._core.saver = self._stack.enter_context(saver)
+            self._core.opened(self._stack.enter_context(saver))
         except savers.StorageError as exc:
             raise _wrap_storage(exc) from None
         return self
@@ -574,7 +599,10 @@ class Agent(_Base):
         self.close()
 
     def close(self) -> None:
-        self._stack.close()
+        try:
+            self._stack.close()
+        finally:
+            self._core.closed()
 
     # -- reading ---------------------------------------------------------------------------------------------
 
@@ -851,10 +879,11 @@ class AsyncAgent(_Base):
     async def __aenter__(self) -> AsyncAgent:
         import savers
 
+        self._core.opening()
         try:
             saver = savers.open_async_saver(self.settings.db, create=self._core.create,
                                             options=self._core.saver_options())
-            self._core.saver = await self._stack.enter_async_context(saver)
+            self._core.opened(await self._stack.enter_async_context(saver))
         except savers.StorageError as exc:
             raise _wrap_storage(exc) from None
         return self
@@ -863,7 +892,10 @@ class AsyncAgent(_Base):
         await self.close()
 
     async def close(self) -> None:
-        await self._stack.aclose()
+        try:
+            await self._stack.aclose()
+        finally:
+            self._core.closed()
 
     # -- reading ---------------------------------------------------------------------------------------------
 

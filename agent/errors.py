@@ -42,6 +42,10 @@ class ThreadExists(AgentError):
     """A new thread (e.g. a branch) was asked for under a name that is taken."""
 
 
+class NotOpen(AgentError):
+    """An Agent used outside its `with` block: before it was entered, or after it was closed."""
+
+
 class ThreadBusy(AgentError):
     """Another process or task is running the thread right now. Exit code 3."""
 

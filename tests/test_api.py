@@ -7,7 +7,7 @@ import pytest
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
 import savers
-from agent import Agent, AsyncAgent, QuestionMismatch, RunResult, ThreadNotFound, Usage
+from agent import Agent, AgentError, AsyncAgent, NotOpen, QuestionMismatch, RunResult, ThreadNotFound, Usage
 
 QUESTIONS = {f"What is {a}*{b}+{a}?": str(a * b + a) for a, b in [(3, 4), (17, 23), (120, 7), (9, 9)]}
 
@@ -49,6 +49,37 @@ def test_one_agent_serves_many_threads_of_a_service(db_url):
         results = list(pool.map(lambda job: agent.reason(job[0], thread=job[1]), jobs))
     assert [r.answer for r in results] == [QUESTIONS[q] for q, _ in jobs]
     assert len({r.thread_id for r in results}) == len(jobs)
+
+
+def test_an_agent_is_used_inside_its_with_block_and_can_be_entered_again(db_url):
+    """Outside its `with` block an Agent says so (it raised AttributeError before it was entered); entered again
+    after it closed, it runs on the new connection (its graphs had kept the closed one: "Cannot operate on a
+    closed database")."""
+    agent = Agent(db=db_url, model="offline")
+    with pytest.raises(NotOpen, match="not open: use it inside `with Agent"):
+        agent.reason("What is 2+3?", thread="n1")
+    with agent:
+        assert agent.reason("What is 2+3?", thread="n1").answer == "5"
+        with pytest.raises(AgentError, match="open already"), agent:
+            pass
+        assert agent.result("n1").answer == "5"  # the failed second entry left the open one as it was
+    with pytest.raises(NotOpen):
+        agent.history("n1")
+    with agent:
+        assert agent.reason("What is 2+4?", thread="n2").answer == "6"
+        assert sorted(t.thread_id for t in agent.threads()) == ["n1", "n2"]
+
+    async def main():
+        agent = AsyncAgent(db=db_url, model="offline")
+        with pytest.raises(NotOpen):
+            await agent.reason("What is 3+3?", thread="n3")
+        for question, thread, answer in [("What is 3+3?", "n3", "6"), ("What is 3+4?", "n4", "7")]:
+            async with agent:
+                assert (await agent.reason(question, thread=thread)).answer == answer
+        with pytest.raises(NotOpen):
+            await agent.result("n4")
+
+    asyncio.run(main())
 
 
 def test_open_saver_yields_a_ready_langgraph_saver(db_url):
