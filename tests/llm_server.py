@@ -28,6 +28,9 @@ class LLMServer:
         self.delay = 0.0  # seconds each reply takes
         self.in_flight = 0
         self.max_in_flight = 0  # the most requests it was answering at one time
+        self._gate: threading.Barrier | None = None
+        self._gate_left = 0
+        self.gathered = threading.Event()  # set when the requests to gather were all in flight at once
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -56,6 +59,14 @@ class LLMServer:
             self._hold_at = len(self.requests) + number
         self.held.clear()
         self.release.clear()
+
+    def gather(self, number: int, timeout: float = 60) -> None:
+        """Keep each of the next `number` requests waiting until all of them are in flight at once (then
+        `gathered` is set), or `timeout` seconds have passed (then they go on, and it is not): a test of
+        parallel callers that does not depend on how fast they start."""
+        with self._lock:
+            self._gate, self._gate_left = threading.Barrier(number, timeout=timeout), number
+        self.gathered.clear()
 
     def fail(self, status: int, times: int = 1, headers: dict[str, str] | None = None) -> None:
         """Answer the next `times` requests with an HTTP error (e.g. 429 with Retry-After, or 500)."""
@@ -97,6 +108,14 @@ class LLMServer:
             return [r for r in self.requests if r["_failed"] is None]
 
     def _answer(self, handler, body, task, mode, number, failure) -> None:
+        with self._lock:
+            gate, self._gate_left = (self._gate, self._gate_left - 1) if self._gate_left else (None, 0)
+        if gate is not None:
+            try:
+                gate.wait()
+                self.gathered.set()
+            except threading.BrokenBarrierError:
+                pass
         if number == self._hold_at:
             self.held.set()
             self.release.wait(timeout=60)

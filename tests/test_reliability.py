@@ -167,11 +167,11 @@ def test_different_threads_run_in_parallel_from_many_processes_on_postgres(cli, 
     from conftest import fresh_db_url
 
     url = fresh_db_url("postgres", request, tmp_path)
-    llm.delay = 0.3
+    llm.gather(4)  # each process's first call waits until all four are at the model at once
     procs = [cli.popen("reason", QUESTION, "--thread", f"p{i}", "--db", url, "--model", MODEL, env=llm.env())
              for i in range(4)]
     assert [p.wait(timeout=120) for p in procs] == [0] * 4
-    assert llm.max_in_flight >= 3  # calls of different processes overlapped at the model
+    assert llm.gathered.is_set() and llm.max_in_flight == 4  # no process waited for another's run to end
 
 
 def test_readers_never_see_database_is_locked_while_runs_write(cli, tmp_path):
