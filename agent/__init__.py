@@ -19,6 +19,7 @@ from agent.errors import (
 
 __all__ = [
     "Agent", "AsyncAgent", "RunResult", "Step", "Usage", "Event", "StateView", "CheckpointInfo", "HistoryPage", "ThreadInfo", "Diff", "Change", "Settings", "load_settings",
+    "RetentionPolicy", "PruneReport", "TransferReport",
     "AgentError", "BadInput", "CheckpointNotFound", "ThreadExists", "ThreadBusy", "ConfigError", "ModelError", "NotOpen", "QuestionMismatch", "StorageError", "ThreadNotFound",
 ]
 
@@ -26,6 +27,7 @@ _LAZY = {
     "Agent": "agent.api", "AsyncAgent": "agent.api", "RunResult": "agent.api", "Step": "agent.api",
     "Usage": "agent.api", "Event": "agent.api", "StateView": "agent.api",
     "CheckpointInfo": "agent.history", "HistoryPage": "agent.history", "ThreadInfo": "agent.history", "Diff": "agent.history", "Change": "agent.history", "Settings": "agent.config", "load_settings": "agent.config",
+    "RetentionPolicy": "agent.lifecycle", "PruneReport": "agent.lifecycle", "TransferReport": "agent.lifecycle",
 }
 
 

@@ -9,6 +9,7 @@ import asyncio
 import functools
 import json
 import threading
+from os import PathLike
 from pathlib import Path
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, ExitStack, asynccontextmanager, contextmanager
@@ -117,8 +118,21 @@ class StateView:
                 "values": self.values}
 
 
+def _must_be_text(value: Any, what: str) -> None:
+    """The Python API's arguments that name things are text: anything else is one clear BadInput."""
+    if value is not None and not isinstance(value, str):
+        raise BadInput(f"{what} must be text (str), not {type(value).__name__}: {value!r:.60}")
+
+
+def _file_path(path: Any) -> Path:
+    if not isinstance(path, (str, PathLike)):
+        raise BadInput(f"the file must be a path (str or pathlib.Path), not {type(path).__name__}: {path!r:.60}")
+    return Path(path)
+
+
 def clean_question(question: str) -> str:
     # Prompts are line-oriented; a question is one line of text.
+    _must_be_text(question, "the question")
     text = " ".join((question or "").split())
     if not text:
         raise BadInput("the question is empty: ask something, e.g. \"What is 17*23+4?\"")
@@ -126,6 +140,7 @@ def clean_question(question: str) -> str:
 
 
 def _clean_thread(thread: str, flag: str = "--thread") -> str:
+    _must_be_text(thread, "the thread id")
     text = (thread or "").strip()
     if not text:
         raise BadInput(f"the thread id is empty: name the thread with {flag}, e.g. {flag} t1")
@@ -409,6 +424,7 @@ class _Core:
 
     @staticmethod
     def clean_prefix(checkpoint: str) -> str:
+        _must_be_text(checkpoint, "the checkpoint id")
         prefix = (checkpoint or "").strip()
         if not prefix:
             raise BadInput("the checkpoint id is empty: give an id or a unique prefix of one (see `history`)")
@@ -416,6 +432,8 @@ class _Core:
 
     @staticmethod
     def check_limit(limit: int | None, what: str = "checkpoint") -> None:
+        if limit is not None and (type(limit) is not int):
+            raise BadInput(f"limit must be a whole number (int), not {type(limit).__name__}: {limit!r:.60}")
         if limit is not None and limit < 1:
             raise BadInput(f"--limit {limit} shows nothing: give 1 or more, or leave it out for every {what}")
 
@@ -454,9 +472,12 @@ class _Core:
 
     def edit(self, snapshot, assignments: dict[str, Any], as_node: str | None) -> tuple[dict, str | None, dict]:
         """The update, the node it is attributed to, and the metadata that records the edit (`fork --set`)."""
-        from graphs.cot import EDITABLE, NODES, plan_edit, state_problem
+        from graphs.cot import EDITABLE, NODES, numbers_as_text, plan_edit, state_problem
         from langgraph.constants import START
 
+        if not isinstance(assignments, dict) or not all(isinstance(path, str) for path in assignments):
+            raise BadInput(f"values must be a dict of path -> value (e.g. {{'plan.1': 'Multiply 17 by 23'}}), "
+                           f"not {assignments!r:.60}")
         if not assignments:
             raise BadInput("nothing to change: give at least one --set path=value")
         values = dict(snapshot.values or {})
@@ -466,8 +487,12 @@ class _Core:
         edited = values
         for path, value in assignments.items():
             edited = set_path(edited, path, value, EDITABLE)
+        edited = numbers_as_text(edited)
         if problem := state_problem(edited):
             raise BadInput(f"cannot make this edit: {problem}")
+        if values.get("plan") and not edited.get("plan"):
+            # Nothing to execute: the run would end "done" with no answer (validate never runs).
+            raise BadInput("cannot make this edit: 'plan' must keep at least one step")
         update, node = plan_edit(values, edited)
         if as_node is not None:
             if as_node not in (*NODES, "input"):
@@ -773,11 +798,16 @@ class Agent(_Base):
     def _exists(self, thread: str) -> bool:
         return self._core.exists(self._snapshot(thread))
 
-    def _erase(self, thread: str) -> None:
+    def _erase(self, thread: str, replies: bool = True) -> None:
+        """Remove a thread's rows; with `replies` (a delete) the replies it paid for in the cache too. A thread
+        replaced by an import or rewritten by prune keeps them: its replays are answered from them."""
         self._core.saver.delete_thread(thread)
         cache = getattr(self._core.saver, "response_cache", None)
-        if cache is not None:
+        if replies and cache is not None:
             cache.forget(thread)
+
+    def _replace(self, thread: str) -> None:
+        self._erase(thread, replies=False)
 
     def delete(self, thread: str) -> None:
         """Remove a thread: its checkpoints, writes, the replies it paid for in the cache, and its lock."""
@@ -787,7 +817,7 @@ class Agent(_Base):
             self._erase(thread)
 
     def export(self, out, threads: list[str] | None = None,
-               on_checkpoint: Callable[[int], None] = lambda total: None) -> TransferReport:
+               on_checkpoint: Callable[[int], None] | None = None) -> TransferReport:
         """Write threads (default: all) to `out` in the versioned JSON Lines export format, streamed;
         `on_checkpoint(total)` is called as each checkpoint is written."""
         from savers.catalog import list_threads
@@ -796,10 +826,10 @@ class Agent(_Base):
         return export_threads(self._core.saver, threads or list(counts), out, counts, on_checkpoint)
 
     def import_file(self, path, *, renames: dict[str, str] | None = None, overwrite: bool = False,
-                    on_checkpoint: Callable[[int], None] = lambda total: None) -> TransferReport:
+                    on_checkpoint: Callable[[int], None] | None = None) -> TransferReport:
         """Load an export file; all or nothing. Existing thread ids are an error unless renamed or `overwrite`.
         `on_checkpoint(total)` is called as each checkpoint is written, once the whole file is checked."""
-        return import_file(self._core.saver, Path(path), renames or {}, overwrite, self._exists, self._erase,
+        return import_file(self._core.saver, _file_path(path), renames or {}, overwrite, self._exists, self._replace,
                            on_checkpoint=on_checkpoint)
 
     def _trim(self, name: str, policy: RetentionPolicy, workdir: Path, dry_run: bool) -> tuple[int, int]:
@@ -811,7 +841,7 @@ class Agent(_Base):
         gone = checkpoints_to_remove(self.history(name), policy, time.time())
         if not gone:
             return 0, 0
-        return len(gone), trim_thread(self._core.saver, name, set(gone), workdir, self._exists, self._erase, dry_run)
+        return len(gone), trim_thread(self._core.saver, name, set(gone), workdir, self._exists, self._replace, dry_run)
 
     def prune(self, policy: RetentionPolicy, *, thread: str | None = None, dry_run: bool = False) -> PruneReport:
         """Apply a retention policy to one thread or all; `dry_run` only says what would go."""
@@ -846,7 +876,7 @@ class Agent(_Base):
                 self._trim(thread, policy, Path(workdir), dry_run=False)
 
     def migrate_to(self, target: Agent, threads: list[str] | None = None,
-                   on_checkpoint: Callable[[int], None] = lambda total: None) -> TransferReport:
+                   on_checkpoint: Callable[[int], None] | None = None) -> TransferReport:
         """Copy threads (default: all) into another database, e.g. SQLite to Postgres; all or nothing.
         `on_checkpoint(total)` is called as each checkpoint is written."""
         from savers.catalog import list_threads
@@ -1057,11 +1087,15 @@ class AsyncAgent(_Base):
     async def _exists(self, thread: str) -> bool:
         return self._core.exists(await self._snapshot(thread))
 
-    async def _erase(self, thread: str) -> None:
+    async def _erase(self, thread: str, replies: bool = True) -> None:
+        """As Agent._erase."""
         await self._core.saver.adelete_thread(thread)
         cache = getattr(self._core.saver, "response_cache", None)
-        if cache is not None:
+        if replies and cache is not None:
             await cache.aforget(thread)
+
+    async def _replace(self, thread: str) -> None:
+        await self._erase(thread, replies=False)
 
     def _blocking(self, coroutine_function):
         """A synchronous stand-in for an async method, for code running in a worker thread."""
@@ -1088,7 +1122,7 @@ class AsyncAgent(_Base):
         if not gone:
             return 0, 0
         freed = await asyncio.to_thread(trim_thread, self._core.saver, name, set(gone), workdir,
-                                        self._blocking(self._exists), self._blocking(self._erase), dry_run)
+                                        self._blocking(self._exists), self._blocking(self._replace), dry_run)
         return len(gone), freed
 
     async def _retain(self, thread: str) -> None:
@@ -1123,7 +1157,7 @@ class AsyncAgent(_Base):
                            before if dry_run else file_bytes(path))
 
     async def export(self, out, threads: list[str] | None = None,
-                     on_checkpoint: Callable[[int], None] = lambda total: None) -> TransferReport:
+                     on_checkpoint: Callable[[int], None] | None = None) -> TransferReport:
         from savers.catalog import alist_threads
 
         counts = {row.thread_id: row.checkpoints for row in await alist_threads(self._core.saver)}
@@ -1131,13 +1165,13 @@ class AsyncAgent(_Base):
                                        on_checkpoint)
 
     async def import_file(self, path, *, renames: dict[str, str] | None = None, overwrite: bool = False,
-                          on_checkpoint: Callable[[int], None] = lambda total: None) -> TransferReport:
-        return await asyncio.to_thread(import_file, self._core.saver, Path(path), renames or {}, overwrite,
-                                       self._blocking(self._exists), self._blocking(self._erase),
+                          on_checkpoint: Callable[[int], None] | None = None) -> TransferReport:
+        return await asyncio.to_thread(import_file, self._core.saver, _file_path(path), renames or {}, overwrite,
+                                       self._blocking(self._exists), self._blocking(self._replace),
                                        on_checkpoint=on_checkpoint)
 
     async def migrate_to(self, target: AsyncAgent, threads: list[str] | None = None,
-                         on_checkpoint: Callable[[int], None] = lambda total: None) -> TransferReport:
+                         on_checkpoint: Callable[[int], None] | None = None) -> TransferReport:
         from savers.catalog import alist_threads
 
         counts = {row.thread_id: row.checkpoints for row in await alist_threads(self._core.saver)}

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from agent.errors import BadInput, StorageError, ThreadExists, ThreadNotFound
+from agent.errors import BadInput, StorageError, ThreadExists, ThreadNotFound, refuse_overwriting
 from agent.history import some
 
 
@@ -57,6 +57,7 @@ def output_file(path: Path | None, stdout: IO[str]) -> Iterator[IO[str]]:
     if path is None:
         yield stdout
         return
+    refuse_overwriting(path)
     directory = path.resolve().parent
     if not directory.is_dir():
         raise BadInput(f"cannot write {path}: directory {directory} does not exist")
@@ -72,13 +73,22 @@ def output_file(path: Path | None, stdout: IO[str]) -> Iterator[IO[str]]:
         raise
 
 
+def _check_threads(threads: Any) -> None:
+    """Thread ids as the Python API takes them: a list of texts (a lone string would be read letter by letter)."""
+    if isinstance(threads, str) or not all(isinstance(t, str) for t in threads):
+        raise BadInput(f"threads must be a list of thread ids (e.g. ['t1']), not {threads!r:.60}")
+
+
 def export_threads(saver, threads: list[str], out: IO[str], counts: dict[str, int],
-                   on_checkpoint: Callable[[int], None] = lambda total: None) -> TransferReport:
+                   on_checkpoint: Callable[[int], None] | None = None) -> TransferReport:
     """`counts`: the database's threads and their checkpoints (savers.catalog's rows: the root namespace).
     `on_checkpoint(total)` is called as each of those is written (a progress bar; a subgraph's own
     checkpoints are written too, uncounted)."""
     from savers.transfer import export_records, write_export
 
+    if not callable(getattr(out, "write", None)):
+        raise BadInput(f"export writes to a file open for text (e.g. open('backup.jsonl', 'w')), not {out!r:.60}")
+    _check_threads(threads)
     missing = [t for t in threads if t not in counts]
     if missing:
         raise ThreadNotFound(f"no thread {', '.join(repr(t) for t in missing)} in this database (see `threads`)")
@@ -88,7 +98,8 @@ def export_threads(saver, threads: list[str], out: IO[str], counts: dict[str, in
         for record in records:
             yield record
             if record.get("type") == "checkpoint" and not record["checkpoint_ns"]:
-                on_checkpoint(total)
+                if on_checkpoint is not None:
+                    on_checkpoint(total)
 
     end = write_export(counted(export_records(saver, threads)), out)
     return TransferReport(threads=end["threads"], checkpoints=end["checkpoints"], writes=end["writes"])
@@ -161,7 +172,7 @@ def _scan(path: Path, sealed=None) -> tuple[set[str], int, int, Index]:
 
 
 def _write(saver, path: Path, names: dict[str, str], index: Index, sealed=None,
-           on_checkpoint: Callable[[], None] = lambda: None, begun: list[str] | None = None) -> None:
+           on_checkpoint: Callable[[], None] | None = None, begun: list[str] | None = None) -> None:
     """Second pass: write the records of the threads in `names`, each under its name there, oldest checkpoint
     first (an export lists them newest first): so each is put after its parent, with only the channels that
     changed as new, and an imported thread takes the room the original did (transfer.Restorer). `begun`
@@ -182,16 +193,18 @@ def _write(saver, path: Path, names: dict[str, str], index: Index, sealed=None,
                     line = _opened(_line(f), sealed)
                     record = read_record(line, number)
                     restorer.put(record)
-                    if isinstance(record, Checkpoint):
+                    if on_checkpoint is not None and isinstance(record, Checkpoint):
                         on_checkpoint()
 
 
 def import_file(saver, path: Path, renames: dict[str, str], overwrite: bool,
                 exists: Callable[[str], bool], delete: Callable[[str], None], sealed=None,
-                on_checkpoint: Callable[[int], None] = lambda total: None) -> TransferReport:
+                on_checkpoint: Callable[[int], None] | None = None) -> TransferReport:
     """`sealed`: the serde that sealed each line (a staging file of prune on an encrypted database).
     `on_checkpoint(total)` is called as each checkpoint is written, once the file is checked (a progress bar:
     `total` is how many it holds)."""
+    if not isinstance(renames, dict):
+        raise BadInput(f"renames must be a dict of old -> new thread id, not {renames!r:.60}")
     threads, checkpoints, writes, index = _scan(path, sealed)
     unknown = sorted(set(renames) - threads)
     if unknown:
@@ -207,7 +220,7 @@ def import_file(saver, path: Path, renames: dict[str, str], overwrite: bool,
                for t, target in targets.items()}
     begun: list[str] = []
     try:
-        _write(saver, path, staging, index, sealed, lambda: on_checkpoint(checkpoints), begun)
+        _write(saver, path, staging, index, sealed, on_checkpoint and (lambda: on_checkpoint(checkpoints)), begun)
     except BaseException as exc:  # Ctrl+C too: all or nothing, and only its own (not a thread made meanwhile)
         for name in begun:
             delete(name)
@@ -253,7 +266,7 @@ def _exist(names: list[str]) -> str:
 
 
 def migrate(source, target, threads: list[str], counts: dict[str, int], exists: Callable[[str], bool],
-            delete: Callable[[str], None], on_checkpoint: Callable[[int], None] = lambda total: None) -> TransferReport:
+            delete: Callable[[str], None], on_checkpoint: Callable[[int], None] | None = None) -> TransferReport:
     """Copy threads from one database to another, checked as an import is; all or nothing. Each thread goes
     through a staging file in the system's temporary directory (sealed line by line when the source is
     encrypted, as trim's), so that it is written oldest checkpoint first and takes the room it took in the
@@ -262,6 +275,7 @@ def migrate(source, target, threads: list[str], counts: dict[str, int], exists: 
     from savers.compact import encrypted
     from savers.transfer import export_records, json_line
 
+    _check_threads(threads)
     missing = [t for t in threads if t not in counts]
     if missing:
         raise ThreadNotFound(f"no thread {', '.join(repr(t) for t in missing)} in the source database (see "
@@ -283,7 +297,7 @@ def migrate(source, target, threads: list[str], counts: dict[str, int], exists: 
                         line = json_line(record)
                         f.write(line if sealed is None else _seal_line(sealed, line))
                 _, counted, written, index = _scan(path, sealed)
-                _write(target, path, {thread: thread}, index, sealed, lambda: on_checkpoint(total), begun)
+                _write(target, path, {thread: thread}, index, sealed, on_checkpoint and (lambda: on_checkpoint(total)), begun)
                 checkpoints, writes = checkpoints + counted, writes + written
     except BaseException as exc:  # Ctrl+C too: all or nothing
         for thread in begun:

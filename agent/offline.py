@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import decimal
 import json
+import math
 import re
 from fractions import Fraction
 from typing import Any
@@ -45,6 +46,9 @@ _GLUED = re.compile(r"\w")
 # Bounds that keep a hostile question from eating memory: 9**9**9 is a short string.
 _MAX_EXPONENT = 1000
 _MAX_DIGITS = 4000
+# The same bound in bits, checked without turning the number into text: Python refuses to write an int of
+# more than 4,300 digits as text (sys.get_int_max_str_digits), so a result past it could not even be shown.
+_MAX_BITS = int(_MAX_DIGITS / math.log10(2))
 
 
 class CannotAnswer(ValueError):
@@ -142,6 +146,13 @@ def parse_number(text: str) -> Fraction:
 
 
 def _apply(op: str, a: Fraction, b: Fraction | None = None) -> Fraction:
+    result = _operate(op, a, b)
+    if max(result.numerator.bit_length(), result.denominator.bit_length()) > _MAX_BITS:
+        raise CannotAnswer("the result is too large")
+    return result
+
+
+def _operate(op: str, a: Fraction, b: Fraction | None = None) -> Fraction:
     if op == "add":
         return a + b
     if op == "subtract":
@@ -161,10 +172,10 @@ def _apply(op: str, a: Fraction, b: Fraction | None = None) -> Fraction:
                            f"-{_MAX_EXPONENT} to {_MAX_EXPONENT} are")
     if a == 0 and b < 0:
         raise CannotAnswer("division by zero")
-    result = a**b.numerator
-    if max(len(str(result.numerator)), len(str(result.denominator))) > _MAX_DIGITS:
+    # At least (bits - 1) * |b| bits: too large to be worth computing (1e1000 ** 1000 is a million digits).
+    if max(a.numerator.bit_length(), a.denominator.bit_length(), 1) - 1 > _MAX_BITS // abs(b.numerator or 1):
         raise CannotAnswer("the result is too large")
-    return result
+    return a**b.numerator
 
 
 _BINARY = {ast.Add: "add", ast.Sub: "subtract", ast.Mult: "multiply", ast.Div: "divide",

@@ -6,7 +6,7 @@ Each node makes exactly one model call, so each call is its own checkpoint and a
 from __future__ import annotations
 
 import json
-from typing import Annotated, Callable, TypedDict
+from typing import Annotated, Any, Callable, TypedDict
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import RunnableConfig, RunnableLambda
@@ -41,6 +41,22 @@ class State(TypedDict, total=False):
 
 # What an edit may set (`fork --set`): every field but usage, which the agent counts and an edit cannot change.
 EDITABLE = ("question", "plan", "results", "draft", "answer", "validation", "revisions")
+
+
+def numbers_as_text(state: dict) -> dict:
+    """An edited state with numbers written where text goes as that text: `--set answer=400` and
+    `--set results.1=6` parse as JSON numbers, and mean "400" and "6". Only where a value is a number (a
+    draft, an answer, a step's result): a number for a question or a plan step is still refused."""
+    def text(value: Any) -> Any:
+        return json.dumps(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+    fixed = dict(state)
+    for key in ("draft", "answer"):
+        if key in fixed:
+            fixed[key] = text(fixed[key])
+    if isinstance(fixed.get("results"), list):
+        fixed["results"] = [text(v) for v in fixed["results"]]
+    return fixed
 
 
 def state_problem(state: dict) -> str | None:

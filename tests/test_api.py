@@ -1,6 +1,7 @@
 """The Python API other services use: Agent and AsyncAgent on SQLite and Postgres, from many threads and tasks."""
 
 import asyncio
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -80,6 +81,39 @@ def test_an_agent_is_used_inside_its_with_block_and_can_be_entered_again(db_url)
             await agent.result("n4")
 
     asyncio.run(main())
+
+
+def test_arguments_of_the_wrong_type_are_bad_input_not_python_errors(db_url, tmp_path):
+    """Found trying the API: each of these raised AttributeError or TypeError from deep inside; on_checkpoint=None,
+    as the README writes the signatures, raised "'NoneType' object is not callable"."""
+    import io
+
+    from agent import BadInput, RetentionPolicy
+
+    with Agent(db=db_url, model="offline") as agent:
+        agent.reason("What is 2*3?", thread="y")
+        at = agent.history("y")[2].checkpoint_id
+        calls = {
+            "the question must be text (str), not int": lambda: agent.reason(123, thread="x"),
+            "the question must be text (str), not bytes": lambda: agent.reason(b"1+1", thread="x"),
+            "the thread id must be text (str), not int": lambda: agent.reason("What is 1+1?", thread=5),
+            "the checkpoint id must be text (str), not int": lambda: agent.state("y", 5),
+            "limit must be a whole number (int), not str": lambda: agent.history("y", limit="5"),
+            "values must be a dict of path -> value": lambda: agent.fork("y", at, values=[("plan.1", "x")]),
+            "export writes to a file open for text": lambda: agent.export("backup.jsonl"),
+            "threads must be a list of thread ids": lambda: agent.export(io.StringIO(), "y"),
+            "the file must be a path": lambda: agent.import_file(5),
+            "renames must be a dict": lambda: agent.import_file("x.jsonl", renames=[("a", "b")]),
+        }
+        for message, call in calls.items():
+            with pytest.raises(BadInput, match=re.escape(message)):
+                call()
+        out = io.StringIO()
+        assert agent.export(out, ["y"], on_checkpoint=None).checkpoints == len(agent.history("y")) == 5
+        (tmp_path / "y.jsonl").write_text(out.getvalue())
+        assert agent.import_file(tmp_path / "y.jsonl", renames={"y": "z"}, on_checkpoint=None).threads == ["z"]
+        assert agent.prune(RetentionPolicy(keep=2), thread="z").checkpoints == 3
+        assert agent.result("z").answer == "6"
 
 
 def test_open_saver_yields_a_ready_langgraph_saver(db_url):

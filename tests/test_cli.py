@@ -100,6 +100,21 @@ def test_export_into_a_pipe_its_reader_closes_stops_quietly(cli):
     assert "error" not in export.stderr.read()  # (only the progress bar is there)
 
 
+def test_an_export_or_batch_output_that_is_the_database_is_refused_and_the_database_kept(cli):
+    """Found trying the CLI: `export -o agent.db` replaced the open database by the export ("exported 1 thread",
+    then every command: "the file is not a SQLite database")."""
+    assert cli("reason", QUESTION, "--thread", "t1").returncode == 0
+    (cli.cwd / "q.txt").write_text("What is 2+2?\n")
+    for args, message in [(("export", "-o", "agent.db"), "agent.db is a SQLite database"),
+                          (("export", "-o", "agent.db-wal"), "is a file of the SQLite database agent.db"),
+                          (("export", "-o", str(cli.cwd)), "it is a directory"),
+                          (("batch", "q.txt", "-o", "agent.db"), "agent.db is a SQLite database")]:
+        refused = cli(*args)
+        assert refused.returncode == 2 and message in one_error_line(refused), args
+    assert [t["thread_id"] for t in json.loads(cli("threads", "--json").stdout)] == ["t1"]
+    assert cli("export", "-o", "backup.jsonl").returncode == 0 and (cli.cwd / "backup.jsonl").stat().st_size
+
+
 def test_branch_to_an_empty_name_names_the_flag(cli):
     assert cli("reason", QUESTION, "--thread", "t1").returncode == 0
     head = json.loads(cli("history", "--thread", "t1", "--json").stdout)[-1]["checkpoint_id"]

@@ -5,7 +5,7 @@ from fractions import Fraction
 
 import pytest
 
-from agent.offline import check_answer, evaluate, execute_step, make_plan, respond
+from agent.offline import CannotAnswer, check_answer, evaluate, execute_step, make_plan, respond
 from graphs import prompts
 
 
@@ -74,6 +74,21 @@ def test_agrees_with_python_on_random_integer_expressions():
 def test_honest_about_what_it_cannot_answer(question):
     reply = respond("Plan", prompts.plan_messages(question)[-1][1])
     assert reply["steps"] == [] and reply["reason"]
+
+
+@pytest.mark.parametrize("question", [
+    "What is (10**1000)**1000?",  # was a million-digit power: computed, then ValueError writing it as text
+    "What is 10**1000 * 10**1000 * 10**1000 * 10**1000 * 10**1000?",  # each step fine, the product 5,001 digits
+    "What is 99**1000 * 99**1000 * 99**1000 / 7?",  # a fraction of 5,988 digits over 1
+])
+def test_a_result_past_4000_digits_is_too_large_not_an_error(question):
+    """Python writes no int of more than 4,300 digits as text: such a result failed the run with ValueError,
+    and `resume` failed again each time."""
+    with pytest.raises(CannotAnswer, match="the result is too large"):
+        evaluate(question.removeprefix("What is ").rstrip("?"))
+    reply = respond("Plan", prompts.plan_messages(question)[-1][1])
+    assert reply["steps"] == [] and reply["reason"] == "the result is too large"
+    assert execute_step("Raise 10 to the power of 1000", []) == "1" + "0" * 1000  # the largest power still is
 
 
 def test_long_expressions_are_solved_and_too_long_ones_refused():

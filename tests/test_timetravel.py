@@ -87,6 +87,31 @@ def test_fork_no_run_records_the_edit_and_resume_runs_it(finished, llm):
     assert finished.resume("t1").answer == "42"
 
 
+def test_fork_takes_a_number_where_text_goes_as_its_text_and_refuses_an_empty_plan(finished, llm):
+    """Found trying the README: `--set results.1=6` was refused ("'results' must be a list of texts, not [6, ...]"),
+    and `--set 'plan=[]'` ended the thread "done" with no answer for good."""
+    executed, final = by_node(finished, "t1", "execute"), by_node(finished, "t1", "validate")[-1]
+    edited = finished.fork("t1", executed[0].checkpoint_id, {"results.1": 7}, run=False)
+    assert [s.result for s in edited.steps][:1] == ["7"]
+    assert finished.fork("t1", final.checkpoint_id, {"answer": 21.5}, run=False).answer == "21.5"
+    with pytest.raises(BadInput, match="'plan' must keep at least one step"):
+        finished.fork("t1", by_node(finished, "t1", "analyze")[0].checkpoint_id, {"plan": []})
+    assert len(llm.requests) == 6
+
+
+def test_prune_keeps_the_replies_a_thread_paid_for(finished, llm):
+    """prune rewrites a thread through an overwriting import, whose delete of the old thread took its replies
+    from the reply cache too: a replay from a kept checkpoint paid for them again."""
+    from agent import RetentionPolicy
+
+    kept = by_node(finished, "t1", "execute")[-1]
+    assert finished.prune(RetentionPolicy(keep=3)).checkpoints == 5
+    assert finished.replay("t1", kept.checkpoint_id).answer == "20"
+    assert len(llm.requests) == 6  # answered from the cache
+    finished.delete("t1")  # a delete does take them
+    assert finished.reason(QUESTION, thread="t1").answer == "20" and len(llm.requests) == 12
+
+
 def test_branch_makes_an_independent_thread(finished, llm):
     original = finished.history("t1")
     at = by_node(finished, "t1", "execute")[1]  # after step 2
