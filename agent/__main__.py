@@ -128,6 +128,13 @@ def _guard(debug: bool, body: Callable[[], int], interrupted: str | None = None)
 _NEW_FILES: list[str] = []
 
 
+def _sqlite_file(db: str) -> str | None:
+    from savers import parse_url
+
+    where = parse_url(db)
+    return where.target if where.backend == "sqlite" else None
+
+
 def _note_new_file(db: str) -> None:
     from savers import parse_url
 
@@ -608,11 +615,13 @@ def batch(
 
         prefix = thread_prefix if thread_prefix is not None else f"{questions.stem}-"
         items = read_questions(questions, prefix)
-        results = Results(output or questions.with_name(f"{questions.stem}.results.jsonl"))
+        flags = _run_flags(db, model, structured_output, max_retries, retry_delay, budget)
+        agent = _open_agent(flags)
+        results = Results(output or questions.with_name(f"{questions.stem}.results.jsonl"),
+                          database=_sqlite_file(agent.settings.db))
         if retry_failed:
             results.forget({"failed", "budget_exceeded"})
-        flags = _run_flags(db, model, structured_output, max_retries, retry_delay, budget)
-        with _open_agent(flags) as agent:
+        with agent:
             tally = _with_progress(as_json, lambda on_change: run_batch(agent, items, results, workers, on_change))
         summary = {**tally.to_dict(), "output": str(results.path)}
         if as_json:

@@ -26,8 +26,8 @@ from agent.history import (
     parse_assignment, set_path, shortest_unique,
 )
 from agent.lifecycle import (
-    PruneReport, RetentionPolicy, TransferReport, checkpoints_to_remove, export_threads, import_file, migrate,
-    trim_thread,
+    PruneReport, RetentionPolicy, TransferReport, check_threads, checkpoints_to_remove, export_threads, import_file,
+    migrate, trim_thread,
 )
 from agent.models import check_spec, make_model, model_identity
 
@@ -201,6 +201,7 @@ class _Core:
         self.plaintext_ok = False
         self.settings = settings
         self._saver: Any = None
+        self._opening = False  # between opening() and opened() (or failed()): a second entry is refused
         self._graphs: dict[str, Any] = {}
         self._lock = threading.Lock()
 
@@ -214,18 +215,19 @@ class _Core:
         return self._saver
 
     def opening(self) -> None:
-        if self._saver is not None:
-            raise AgentError("this Agent is open already: enter it once, or use a second Agent")
-
-    def opened(self, saver: Any) -> None:
         with self._lock:
-            self._saver = saver
+            if self._saver is not None or self._opening:
+                raise AgentError("this Agent is open already: enter it once, or use a second Agent")
+            self._opening = True
+
+    def opened(self, saver: Any | None) -> None:
+        """The saver just opened, or None when opening it failed."""
+        with self._lock:
+            self._saver, self._opening = saver, False
             self._graphs.clear()
 
     def closed(self) -> None:
-        with self._lock:
-            self._saver = None
-            self._graphs.clear()
+        self.opened(None)
 
     def retention(self) -> RetentionPolicy | None:
         """The [retention] policy of the settings, applied to a thread after each run on it."""
@@ -490,7 +492,7 @@ class _Core:
         edited = numbers_as_text(edited)
         if problem := state_problem(edited):
             raise BadInput(f"cannot make this edit: {problem}")
-        if values.get("plan") and not edited.get("plan"):
+        if not edited.get("plan") and any(path.split(".")[0] == "plan" for path in assignments):
             # Nothing to execute: the run would end "done" with no answer (validate never runs).
             raise BadInput("cannot make this edit: 'plan' must keep at least one step")
         update, node = plan_edit(values, edited)
@@ -617,7 +619,11 @@ class Agent(_Base):
                                       options=self._core.saver_options())
             self._core.opened(self._stack.enter_context(saver))
         except savers.StorageError as exc:
+            self._core.opened(None)
             raise _wrap_storage(exc) from None
+        except BaseException:
+            self._core.opened(None)
+            raise
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -823,6 +829,7 @@ class Agent(_Base):
         from savers.catalog import list_threads
 
         counts = {row.thread_id: row.checkpoints for row in list_threads(self._core.saver)}
+        check_threads(threads)
         return export_threads(self._core.saver, threads or list(counts), out, counts, on_checkpoint)
 
     def import_file(self, path, *, renames: dict[str, str] | None = None, overwrite: bool = False,
@@ -882,6 +889,7 @@ class Agent(_Base):
         from savers.catalog import list_threads
 
         counts = {row.thread_id: row.checkpoints for row in list_threads(self._core.saver)}
+        check_threads(threads)
         return migrate(self._core.saver, target._core.saver, threads or list(counts), counts, target._exists,
                        target._erase, on_checkpoint)
 
@@ -915,7 +923,11 @@ class AsyncAgent(_Base):
                                             options=self._core.saver_options())
             self._core.opened(await self._stack.enter_async_context(saver))
         except savers.StorageError as exc:
+            self._core.opened(None)
             raise _wrap_storage(exc) from None
+        except BaseException:
+            self._core.opened(None)
+            raise
         return self
 
     async def __aexit__(self, *exc_info) -> None:
@@ -1161,6 +1173,7 @@ class AsyncAgent(_Base):
         from savers.catalog import alist_threads
 
         counts = {row.thread_id: row.checkpoints for row in await alist_threads(self._core.saver)}
+        check_threads(threads)
         return await asyncio.to_thread(export_threads, self._core.saver, threads or list(counts), out, counts,
                                        on_checkpoint)
 
@@ -1175,6 +1188,7 @@ class AsyncAgent(_Base):
         from savers.catalog import alist_threads
 
         counts = {row.thread_id: row.checkpoints for row in await alist_threads(self._core.saver)}
+        check_threads(threads)
         return await asyncio.to_thread(migrate, self._core.saver, target._core.saver, threads or list(counts),
                                        counts, self._blocking(target._exists), self._blocking(target._erase),
                                        on_checkpoint)

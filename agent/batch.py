@@ -105,14 +105,15 @@ class Results:
     faster) each add a row only for an id that has none yet, re-reading under a file lock what the other
     appended, so no question gets two rows (without: 600 rows for 300 questions)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, database: str | None = None):
+        """`database`: the SQLite file the batch runs on (refused as the output, even before it exists)."""
         self.path = path
         self._lock = threading.Lock()
         self.ids: set[str] = set()
         self.rows: list[dict] = []
         self._file: tuple[int, int] | None = None  # (device, inode) of the file read
         self._read = self._lines = 0  # bytes and lines of it read into ids and rows
-        refuse_overwriting(path)
+        refuse_overwriting(path, database)
         try:  # a path that cannot be written is an error before any question runs
             if path.exists():
                 with self._locked():

@@ -117,6 +117,11 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         value = json.loads(raw)
     except json.JSONDecodeError:
         value = raw
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        from graphs.cot import NUMBER_TEXTS
+
+        if path.split(".")[0] in NUMBER_TEXTS:
+            value = raw.strip()  # the number as typed, not as Python writes the float JSON made of it
     return path, value
 
 

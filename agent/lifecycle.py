@@ -73,9 +73,11 @@ def output_file(path: Path | None, stdout: IO[str]) -> Iterator[IO[str]]:
         raise
 
 
-def _check_threads(threads: Any) -> None:
-    """Thread ids as the Python API takes them: a list of texts (a lone string would be read letter by letter)."""
-    if isinstance(threads, str) or not all(isinstance(t, str) for t in threads):
+def check_threads(threads: Any) -> None:
+    """Thread ids as the Python API takes them: None (every thread) or a list of texts (a lone string would be
+    read letter by letter, and an empty one taken for None)."""
+    if threads is not None and (not isinstance(threads, (list, tuple, set, frozenset))
+                                or not all(isinstance(t, str) for t in threads)):
         raise BadInput(f"threads must be a list of thread ids (e.g. ['t1']), not {threads!r:.60}")
 
 
@@ -88,7 +90,7 @@ def export_threads(saver, threads: list[str], out: IO[str], counts: dict[str, in
 
     if not callable(getattr(out, "write", None)):
         raise BadInput(f"export writes to a file open for text (e.g. open('backup.jsonl', 'w')), not {out!r:.60}")
-    _check_threads(threads)
+    check_threads(threads)
     missing = [t for t in threads if t not in counts]
     if missing:
         raise ThreadNotFound(f"no thread {', '.join(repr(t) for t in missing)} in this database (see `threads`)")
@@ -203,8 +205,9 @@ def import_file(saver, path: Path, renames: dict[str, str], overwrite: bool,
     """`sealed`: the serde that sealed each line (a staging file of prune on an encrypted database).
     `on_checkpoint(total)` is called as each checkpoint is written, once the file is checked (a progress bar:
     `total` is how many it holds)."""
-    if not isinstance(renames, dict):
-        raise BadInput(f"renames must be a dict of old -> new thread id, not {renames!r:.60}")
+    if not isinstance(renames, dict) or not all(isinstance(name, str) and name.strip()
+                                                for pair in renames.items() for name in pair):
+        raise BadInput(f"renames must be a dict of old -> new thread id (texts), not {renames!r:.60}")
     threads, checkpoints, writes, index = _scan(path, sealed)
     unknown = sorted(set(renames) - threads)
     if unknown:
@@ -275,7 +278,7 @@ def migrate(source, target, threads: list[str], counts: dict[str, int], exists: 
     from savers.compact import encrypted
     from savers.transfer import export_records, json_line
 
-    _check_threads(threads)
+    check_threads(threads)
     missing = [t for t in threads if t not in counts]
     if missing:
         raise ThreadNotFound(f"no thread {', '.join(repr(t) for t in missing)} in the source database (see "

@@ -6,7 +6,6 @@ It reads the same prompts a real model reads and answers through the same struct
 from __future__ import annotations
 
 import ast
-import decimal
 import json
 import math
 import re
@@ -124,23 +123,34 @@ def _fold(root: ast.expr, visit) -> Any:
 
 
 def format_number(value: Fraction) -> str:
-    """Exact always: integers and terminating decimals as decimals, anything else as a fraction (1/3)."""
+    """Exact always: integers and terminating decimals as decimals, anything else as a fraction (1/3). A
+    denominator of 2**a * 5**b ends after max(a, b) decimals: the value times 10**max(a, b) is a whole number,
+    written with the point put back (decimal division at a guessed precision rounded 1/2**20 and 1/4096)."""
     if value.denominator == 1:
         return str(value.numerator)
-    rest = value.denominator
+    rest, places = value.denominator, 0
     for factor in (2, 5):
+        count = 0
         while rest % factor == 0:
-            rest //= factor
+            rest, count = rest // factor, count + 1
+        places = max(places, count)
     if rest != 1:
         return f"{value.numerator}/{value.denominator}"
-    with decimal.localcontext() as ctx:
-        ctx.prec = len(str(value.denominator)) + len(str(value.numerator)) + 2
-        return format(decimal.Decimal(value.numerator) / value.denominator, "f")
+    digits = str(abs(value.numerator) * 10**places // value.denominator).rjust(places + 1, "0")
+    return f"{'-' if value < 0 else ''}{digits[:-places]}.{digits[-places:]}"
+
+
+# What a result or a draft is: a decimal or a fraction, as format_number writes them (and a person typing one).
+# Not Python's every form: Fraction("1e9999999") builds a ten-million-digit number before any bound is checked.
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:/\d+)?")
 
 
 def parse_number(text: str) -> Fraction:
+    cleaned = text.strip().rstrip(".").replace(" ", "")
+    if not _NUMBER.fullmatch(cleaned) or len(cleaned) > 2 * _MAX_DIGITS:
+        raise CannotAnswer(f"'{text}' is not a number")
     try:
-        return Fraction(text.strip().rstrip(".").replace(" ", ""))
+        return Fraction(cleaned)
     except (ValueError, ZeroDivisionError):
         raise CannotAnswer(f"'{text}' is not a number") from None
 

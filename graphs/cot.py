@@ -43,6 +43,11 @@ class State(TypedDict, total=False):
 EDITABLE = ("question", "plan", "results", "draft", "answer", "validation", "revisions")
 
 
+# The fields whose values are numbers written as text: `--set results.1=6` means the text "6" (as typed: 1e5
+# stays "1e5", where the JSON number would be written back as "100000.0").
+NUMBER_TEXTS = ("draft", "answer", "results")
+
+
 def numbers_as_text(state: dict) -> dict:
     """An edited state with numbers written where text goes as that text: `--set answer=400` and
     `--set results.1=6` parse as JSON numbers, and mean "400" and "6". Only where a value is a number (a

@@ -80,6 +80,18 @@ def test_an_agent_is_used_inside_its_with_block_and_can_be_entered_again(db_url)
         with pytest.raises(NotOpen):
             await agent.result("n4")
 
+        async def use(question: str, pause: float):
+            async with agent:
+                await asyncio.sleep(pause)
+                return (await agent.reason(question, thread=question)).answer
+
+        # Both entries passed the check while the first still opened: the second's saver replaced the first's,
+        # and the first's exit closed both ("no active connection").
+        outcomes = await asyncio.gather(use("What is 1+1?", 0.2), use("What is 2+1?", 0.5), return_exceptions=True)
+        assert outcomes[0] == "2" and isinstance(outcomes[1], AgentError) and "open already" in str(outcomes[1])
+        async with agent:
+            assert (await agent.result("What is 1+1?")).answer == "2"
+
     asyncio.run(main())
 
 
@@ -104,6 +116,11 @@ def test_arguments_of_the_wrong_type_are_bad_input_not_python_errors(db_url, tmp
             "threads must be a list of thread ids": lambda: agent.export(io.StringIO(), "y"),
             "the file must be a path": lambda: agent.import_file(5),
             "renames must be a dict": lambda: agent.import_file("x.jsonl", renames=[("a", "b")]),
+            "renames must be a dict of old -> new thread id (texts), not {'y': ''}":
+                lambda: agent.import_file("x.jsonl", renames={"y": ""}),
+            "(texts), not {'y': 5}": lambda: agent.import_file("x.jsonl", renames={"y": 5}),
+            "threads must be a list of thread ids (e.g. ['t1']), not 5": lambda: agent.export(io.StringIO(), 5),
+            "threads must be a list of thread ids (e.g. ['t1']), not ''": lambda: agent.export(io.StringIO(), ""),
         }
         for message, call in calls.items():
             with pytest.raises(BadInput, match=re.escape(message)):

@@ -1,6 +1,7 @@
 """The CLI as a person uses it: the README's main job, --json, stored answers, and one clear line for bad input."""
 
 import json
+import os
 import time
 
 import pytest
@@ -113,6 +114,13 @@ def test_an_export_or_batch_output_that_is_the_database_is_refused_and_the_datab
         assert refused.returncode == 2 and message in one_error_line(refused), args
     assert [t["thread_id"] for t in json.loads(cli("threads", "--json").stdout)] == ["t1"]
     assert cli("export", "-o", "backup.jsonl").returncode == 0 and (cli.cwd / "backup.jsonl").stat().st_size
+    # A first batch on a database it is about to make: refused before the file exists (its rows went into it).
+    refused = cli("batch", "q.txt", "-o", "new.db", "--db", "sqlite:///new.db")
+    assert refused.returncode == 2 and "new.db is a SQLite database" in one_error_line(refused)
+    assert not (cli.cwd / "new.db").exists()
+    os.mkfifo(cli.cwd / "pipe")  # no header to read there: looking for one waited for a writer forever
+    refused = cli("batch", "q.txt", "-o", "pipe")
+    assert refused.returncode == 2 and "cannot write pipe" in one_error_line(refused)
 
 
 def test_branch_to_an_empty_name_names_the_flag(cli):

@@ -5,7 +5,9 @@ from fractions import Fraction
 
 import pytest
 
-from agent.offline import CannotAnswer, check_answer, evaluate, execute_step, make_plan, respond
+from agent.offline import (
+    CannotAnswer, check_answer, evaluate, execute_step, format_number, make_plan, parse_number, respond,
+)
 from graphs import prompts
 
 
@@ -89,6 +91,24 @@ def test_a_result_past_4000_digits_is_too_large_not_an_error(question):
     reply = respond("Plan", prompts.plan_messages(question)[-1][1])
     assert reply["steps"] == [] and reply["reason"] == "the result is too large"
     assert execute_step("Raise 10 to the power of 1000", []) == "1" + "0" * 1000  # the largest power still is
+
+
+def test_a_terminating_decimal_is_written_exactly_and_read_back_within_bounds():
+    """format_number divided at a precision guessed from the digits' count: 1/2**20 came out rounded, and its
+    own validation then failed ("expected 0.0000009536743164, the draft says 0.0000009536743164"). Reading a
+    number took Python's every form: "1e9999999" built a ten-million-digit number (10 s)."""
+    import time
+
+    assert check_answer("What is 1/1048576?", "0.00000095367431640625")["ok"]
+    assert check_answer("What is 1/2**20*2**20?", "1")["ok"]
+    for value in (Fraction(1, 4096), Fraction(-3, 20), Fraction(2**20 * 3 + 1, 2**20), Fraction(1, 3)):
+        assert parse_number(format_number(value)) == value
+    assert format_number(Fraction(1, 4096)) == "0.000244140625"
+    started = time.monotonic()
+    for text in ("1e9999999", "inf", "0x10", "1_000", ""):
+        with pytest.raises(CannotAnswer, match="is not a number"):
+            parse_number(text)
+    assert time.monotonic() - started < 1
 
 
 def test_long_expressions_are_solved_and_too_long_ones_refused():

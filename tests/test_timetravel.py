@@ -9,6 +9,7 @@ import json
 import pytest
 
 from agent import Agent, AsyncAgent, BadInput, CheckpointNotFound, ThreadExists
+from agent.api import assignments_from
 
 QUESTION = "What is 2*3+4*5-6?"  # four steps: 2*3, 4*5, r1+r2, r3-6 -> 20
 MODEL = "openai:gpt-4o-mini"
@@ -96,6 +97,10 @@ def test_fork_takes_a_number_where_text_goes_as_its_text_and_refuses_an_empty_pl
     assert finished.fork("t1", final.checkpoint_id, {"answer": 21.5}, run=False).answer == "21.5"
     with pytest.raises(BadInput, match="'plan' must keep at least one step"):
         finished.fork("t1", by_node(finished, "t1", "analyze")[0].checkpoint_id, {"plan": []})
+    with pytest.raises(BadInput, match="'plan' must keep at least one step"):  # where it was empty already
+        finished.fork("t1", finished.history("t1")[1].checkpoint_id, {"plan": []}, as_node="analyze")
+    typed = finished.fork("t1", executed[0].checkpoint_id, assignments_from(["results.1=1e5"]), run=False)
+    assert [s.result for s in typed.steps][:1] == ["1e5"]  # as typed (the JSON number read back "100000.0")
     assert len(llm.requests) == 6
 
 
