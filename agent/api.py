@@ -118,6 +118,18 @@ class StateView:
                 "values": self.values}
 
 
+def task_error(snapshot) -> str | None:
+    """The error a task of the snapshot's next step stopped with, if any. A cancelled task is no error: the run
+    was stopped between steps (an asyncio timeout or cancel, as Ctrl+C is on the command line), and LangGraph
+    records CancelledError as the task's error; the thread is `interrupted` and resumes."""
+    for task in snapshot.tasks:
+        if (error := getattr(task, "error", None)) and not (
+                isinstance(error, (asyncio.CancelledError, KeyboardInterrupt))
+                or str(error).startswith(("CancelledError(", "KeyboardInterrupt("))):
+            return str(error)
+    return None
+
+
 def _must_be_text(value: Any, what: str) -> None:
     """The Python API's arguments that name things are text: anything else is one clear BadInput."""
     if value is not None and not isinstance(value, str):
@@ -201,7 +213,8 @@ class _Core:
         self.plaintext_ok = False
         self.settings = settings
         self._saver: Any = None
-        self._opening = False  # between opening() and opened() (or failed()): a second entry is refused
+        self._opening = False  # between opening() and opened(): a second entry is refused
+        self._loop: asyncio.AbstractEventLoop | None = None  # an AsyncAgent's: the loop it was opened on
         self._graphs: dict[str, Any] = {}
         self._lock = threading.Lock()
 
@@ -212,6 +225,13 @@ class _Core:
         if self._saver is None:
             raise NotOpen("this Agent is not open: use it inside `with Agent(...) as agent:` (`async with` for "
                           "AsyncAgent) - it was not entered yet, or it was closed")
+        # An AsyncAgent's connections and locks belong to its loop: used from another, asyncio raised "bound to
+        # a different event loop", and on Postgres the runs of the agent's own loop waited out the pool timeout.
+        # (Its worker threads run no loop, and pass.)
+        if self._loop is not None and (running := asyncio._get_running_loop()) is not None \
+                and running is not self._loop:
+            raise AgentError("this AsyncAgent was opened on another event loop: use it on that loop only, or "
+                             "open an AsyncAgent on each loop")
         return self._saver
 
     def opening(self) -> None:
@@ -220,10 +240,10 @@ class _Core:
                 raise AgentError("this Agent is open already: enter it once, or use a second Agent")
             self._opening = True
 
-    def opened(self, saver: Any | None) -> None:
-        """The saver just opened, or None when opening it failed."""
+    def opened(self, saver: Any | None, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """The saver just opened (an AsyncAgent's, on `loop`), or None when opening it failed."""
         with self._lock:
-            self._saver, self._opening = saver, False
+            self._saver, self._opening, self._loop = saver, False, loop
             self._graphs.clear()
 
     def closed(self) -> None:
@@ -372,8 +392,7 @@ class _Core:
                running: bool = False) -> RunResult:
         values = snapshot.values or {}
         plan, results = values.get("plan", []), values.get("results", [])
-        task_error = next((str(t.error) for t in snapshot.tasks if getattr(t, "error", None)), None)
-        error = error or task_error
+        error = error or task_error(snapshot)
         paused = next((i.value for i in getattr(snapshot, "interrupts", ()) if isinstance(i.value, dict)
                        and i.value.get("reason") == "budget_exceeded"), None)
         status: Status
@@ -921,7 +940,7 @@ class AsyncAgent(_Base):
         try:
             saver = savers.open_async_saver(self.settings.db, create=self._core.create,
                                             options=self._core.saver_options())
-            self._core.opened(await self._stack.enter_async_context(saver))
+            self._core.opened(await self._stack.enter_async_context(saver), asyncio.get_running_loop())
         except savers.StorageError as exc:
             self._core.opened(None)
             raise _wrap_storage(exc) from None

@@ -238,7 +238,7 @@ def run_batch(agent, items: list[Question], results: Results, workers: int,
             with tally.lock:
                 tally.running -= 1
         with tally.lock:
-            tally.spend_usd += 0 if result.from_store else result.usage.cost_usd
+            tally.spend_usd = round(tally.spend_usd + (0 if result.from_store else result.usage.cost_usd), 10)
         if not results.add(_row(item, result)):  # another process sharing the output wrote its row first
             return "skipped"
         return "done" if result.status == "done" else "failed"

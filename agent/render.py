@@ -48,6 +48,8 @@ def threads_table(threads, *, limited: bool = False) -> Table:
     for column in ("thread", "status", "question", "answer", *numbers, "updated"):
         table.add_column(column, no_wrap=column not in ("question", "answer"), min_width=8,
                          justify="right" if column in numbers else "left")
+    # A long thread id folds over lines (whole, to be copied) instead of squeezing the other columns to nothing.
+    table.columns[0].no_wrap, table.columns[0].overflow, table.columns[0].max_width = False, "fold", 40
     for t in threads:
         style = STATUS_STYLE.get(t.status, "")
         calls = t.usage.get("llm_calls", 0)

@@ -133,6 +133,65 @@ def test_arguments_of_the_wrong_type_are_bad_input_not_python_errors(db_url, tmp
         assert agent.result("z").answer == "6"
 
 
+def test_an_async_run_cancelled_is_interrupted_and_resumes_without_repeating_a_call(db_url, llm):
+    """Found trying the API: a run cancelled by asyncio (a timeout, task.cancel()) in the middle of a model call
+    was `failed` with the error "CancelledError()" - LangGraph records it as the task's error - where Ctrl+C
+    leaves `interrupted`."""
+    question = "What is " + "+".join(str(n) for n in range(1, 41)) + "?"
+    llm.delay = 0.2
+
+    async def main():
+        async with AsyncAgent(db=db_url, model="openai:gpt-4o-mini") as agent:
+            steps = 0
+
+            def on_event(event) -> None:
+                nonlocal steps
+                steps += event.kind == "step"
+                if steps == 5:  # while the sixth step's model call is on its way
+                    asyncio.get_running_loop().call_later(0.1, run.cancel)
+
+            run = asyncio.ensure_future(agent.reason(question, thread="c", on_event=on_event))
+            with pytest.raises(asyncio.CancelledError):
+                await run
+            stopped = await agent.result("c")
+            assert (stopped.status, stopped.error) == ("interrupted", None)
+            assert 5 <= sum(s.result is not None for s in stopped.steps) < 39
+            assert [t.status for t in await agent.threads()] == ["interrupted"]
+            llm.delay = 0
+            done = await agent.reason(question, thread="c")
+            assert done.answer == str(sum(range(1, 41))) and done.usage.llm_calls == 1 + 39 + 1
+
+    asyncio.run(main())
+
+
+def test_an_async_agent_used_from_another_event_loop_says_so(db_url):
+    """Found trying the API: used from a second loop while its own ran, an AsyncAgent raised asyncio's "bound to
+    a different event loop" - and on Postgres its own loop's runs waited out the pool's timeout."""
+    import threading
+
+    agent = AsyncAgent(db=db_url, model="offline")
+    opened, finished = threading.Event(), threading.Event()
+    answers = []
+
+    async def owner():
+        async with agent:
+            opened.set()
+            answers.append((await agent.reason("What is 1+1?", thread="o1")).answer)
+            await asyncio.to_thread(finished.wait, 60)
+            answers.append((await agent.reason("What is 1+2?", thread="o2")).answer)
+
+    thread = threading.Thread(target=asyncio.run, args=(owner(),))
+    thread.start()
+    try:
+        assert opened.wait(60)
+        with pytest.raises(AgentError, match="opened on another event loop"):
+            asyncio.run(agent.reason("What is 2+2?", thread="x"))
+    finally:
+        finished.set()
+        thread.join(60)
+    assert answers == ["2", "3"]  # its own loop went on as before
+
+
 def test_open_saver_yields_a_ready_langgraph_saver(db_url):
     with savers.open_saver(db_url) as saver:
         assert isinstance(saver, BaseCheckpointSaver)

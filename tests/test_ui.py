@@ -170,6 +170,9 @@ def test_preview_writes_nothing_then_fork_streams_progress(seeded):
         assert len(await agent.history("t1")) == len(rows)
 
         assignments = re.search(r'name="assignments" value="([^"]+)"', preview).group(1).replace("&#34;", '"')
+        bad = await client.post("/fork", data={"t": "t1", "c": after_step_1.checkpoint_id, "assignments": "{bad"},
+                                headers=headers)  # was a 500, with a traceback in the server's output
+        assert bad.status_code == 400 and "the edits are not JSON" in bad.text
         started = (await client.post("/fork", data={"t": "t1", "c": after_step_1.checkpoint_id,
                                                      "assignments": assignments}, headers=headers)).text
         events_url = re.search(r'data-events="([^"]+)"', started).group(1)

@@ -277,7 +277,7 @@ def create_app(agent: AsyncAgent, *, write: bool = False, token: str | None = No
             return refused
         form = await request.form()
         thread, checkpoint = form.get("t", ""), form.get("c", "")
-        values = json.loads(form.get("assignments") or "{}") if form.get("assignments") else \
+        values = _assignments(form.get("assignments")) if form.get("assignments") else \
             await edit_from(form, thread, checkpoint)
         as_node = form.get("as_node") or None
         await store.preview_edit(thread, checkpoint, values, as_node)  # a bad edit is refused before the run
@@ -350,6 +350,14 @@ def create_app(agent: AsyncAgent, *, write: bool = False, token: str | None = No
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.store, app.state.runs = store, runs
     return Guard(app, token=token, local=local, csrf=csrf)
+
+
+def _assignments(text: str) -> Any:
+    """A fork's edits as the page sends them, JSON {path: value}; anything else is a bad request, not a 500."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"the edits are not JSON {{path: value}}: {exc}") from None
 
 
 def _int(text: str | None, default: int) -> int:

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from agent.api import AsyncAgent
+from agent.api import AsyncAgent, task_error
 from agent.history import READ_PIECE, CheckpointInfo, ThreadInfo
 from graphs.ask import request_key
 
@@ -242,7 +242,7 @@ class Store:
             cid = snapshot.config["configurable"]["checkpoint_id"]
             usage[cid] = dict((snapshot.values or {}).get("usage") or {})
             models[cid] = (snapshot.metadata or {}).get("model") or ""
-            if error := next((str(t.error) for t in snapshot.tasks if getattr(t, "error", None)), None):
+            if error := task_error(snapshot):
                 errors[cid] = error
 
         page = self.agent._core.history_page(thread, links, None, None)
