@@ -136,11 +136,8 @@ def _sqlite_file(db: str) -> str | None:
 
 
 def _note_new_file(db: str) -> None:
-    from savers import parse_url
-
-    where = parse_url(db)
-    if where.backend == "sqlite" and not Path(where.target).exists():
-        _NEW_FILES.append(where.target)
+    if (path := _sqlite_file(db)) is not None and not Path(path).exists():
+        _NEW_FILES.append(path)
 
 
 def _remove_new_empty_files() -> None:

@@ -637,11 +637,10 @@ class Agent(_Base):
             saver = savers.open_saver(self.settings.db, create=self._core.create,
                                       options=self._core.saver_options())
             self._core.opened(self._stack.enter_context(saver))
-        except savers.StorageError as exc:
+        except BaseException as exc:
             self._core.opened(None)
-            raise _wrap_storage(exc) from None
-        except BaseException:
-            self._core.opened(None)
+            if isinstance(exc, savers.StorageError):
+                raise _wrap_storage(exc) from None
             raise
         return self
 
@@ -847,8 +846,8 @@ class Agent(_Base):
         `on_checkpoint(total)` is called as each checkpoint is written."""
         from savers.catalog import list_threads
 
-        counts = {row.thread_id: row.checkpoints for row in list_threads(self._core.saver)}
         check_threads(threads)
+        counts = {row.thread_id: row.checkpoints for row in list_threads(self._core.saver)}
         return export_threads(self._core.saver, threads or list(counts), out, counts, on_checkpoint)
 
     def import_file(self, path, *, renames: dict[str, str] | None = None, overwrite: bool = False,
@@ -907,8 +906,8 @@ class Agent(_Base):
         `on_checkpoint(total)` is called as each checkpoint is written."""
         from savers.catalog import list_threads
 
-        counts = {row.thread_id: row.checkpoints for row in list_threads(self._core.saver)}
         check_threads(threads)
+        counts = {row.thread_id: row.checkpoints for row in list_threads(self._core.saver)}
         return migrate(self._core.saver, target._core.saver, threads or list(counts), counts, target._exists,
                        target._erase, on_checkpoint)
 
@@ -941,11 +940,10 @@ class AsyncAgent(_Base):
             saver = savers.open_async_saver(self.settings.db, create=self._core.create,
                                             options=self._core.saver_options())
             self._core.opened(await self._stack.enter_async_context(saver), asyncio.get_running_loop())
-        except savers.StorageError as exc:
+        except BaseException as exc:
             self._core.opened(None)
-            raise _wrap_storage(exc) from None
-        except BaseException:
-            self._core.opened(None)
+            if isinstance(exc, savers.StorageError):
+                raise _wrap_storage(exc) from None
             raise
         return self
 
@@ -1191,8 +1189,8 @@ class AsyncAgent(_Base):
                      on_checkpoint: Callable[[int], None] | None = None) -> TransferReport:
         from savers.catalog import alist_threads
 
-        counts = {row.thread_id: row.checkpoints for row in await alist_threads(self._core.saver)}
         check_threads(threads)
+        counts = {row.thread_id: row.checkpoints for row in await alist_threads(self._core.saver)}
         return await asyncio.to_thread(export_threads, self._core.saver, threads or list(counts), out, counts,
                                        on_checkpoint)
 
@@ -1206,8 +1204,8 @@ class AsyncAgent(_Base):
                          on_checkpoint: Callable[[int], None] | None = None) -> TransferReport:
         from savers.catalog import alist_threads
 
-        counts = {row.thread_id: row.checkpoints for row in await alist_threads(self._core.saver)}
         check_threads(threads)
+        counts = {row.thread_id: row.checkpoints for row in await alist_threads(self._core.saver)}
         return await asyncio.to_thread(migrate, self._core.saver, target._core.saver, threads or list(counts),
                                        counts, self._blocking(target._exists), self._blocking(target._erase),
                                        on_checkpoint)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.errors import AgentError, BadInput, ThreadBusy, refuse_overwriting
+from agent.errors import AgentError, BadInput, ThreadBusy
 
 # Questions per batch file at most: a guard against feeding it the wrong file, not a design limit.
 MAX_QUESTIONS = 1_000_000
@@ -113,6 +113,8 @@ class Results:
         self.rows: list[dict] = []
         self._file: tuple[int, int] | None = None  # (device, inode) of the file read
         self._read = self._lines = 0  # bytes and lines of it read into ids and rows
+        from agent.lifecycle import refuse_overwriting
+
         refuse_overwriting(path, database)
         try:  # a path that cannot be written is an error before any question runs
             if path.exists():

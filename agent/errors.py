@@ -50,38 +50,3 @@ class ThreadBusy(AgentError):
     """Another process or task is running the thread right now. Exit code 3."""
 
     exit_code = 3
-
-
-SQLITE_HEADER = b"SQLite format 3\x00"
-
-
-def refuse_overwriting(path, database: str | None = None) -> None:
-    """An output file (export, batch results) that is a directory, or a SQLite database or one of its
-    -wal/-shm/-journal files - the open database itself, typed for the output by mistake - is refused:
-    the export would replace it, the results be appended into it. `database`: the SQLite file the command
-    opens, which may not exist yet (a first `batch` makes it)."""
-    import os
-    import stat
-    from pathlib import Path
-
-    path = Path(path)
-    if path.is_dir():
-        raise BadInput(f"cannot write {path}: it is a directory")
-    base = path
-    for suffix in ("-wal", "-shm", "-journal"):
-        if path.name.endswith(suffix):
-            base = path.with_name(path.name[:-len(suffix)])
-    what = "a SQLite database" if base == path else f"a file of the SQLite database {base}"
-    refusal = BadInput(f"{path} is {what}: writing there would destroy it (choose another file)")
-    if database is not None and os.path.abspath(base) == os.path.abspath(database):
-        raise refusal
-    try:
-        if not stat.S_ISREG(os.stat(base).st_mode):  # a pipe, a device: nothing to read a header from
-            return
-        with open(base, "rb") as f:
-            header = f.read(len(SQLITE_HEADER))
-    except OSError:
-        return
-    if header == SQLITE_HEADER:
-        raise refusal
-

@@ -7,6 +7,7 @@ fails part-way is undone. Overwriting a thread goes through a staging copy, so t
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from agent.errors import BadInput, StorageError, ThreadExists, ThreadNotFound, refuse_overwriting
+from agent.errors import BadInput, StorageError, ThreadExists, ThreadNotFound
 from agent.history import some
 
 
@@ -49,6 +50,36 @@ def parse_renames(pairs: list[str]) -> dict[str, str]:
             raise BadInput(f"--rename '{pair}' is not OLD=NEW (e.g. --rename t1=t1-restored)")
         renames[old.strip()] = new.strip()
     return renames
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def refuse_overwriting(path, database: str | None = None) -> None:
+    """An output file (export, batch results) that is a directory, or a SQLite database or one of its
+    -wal/-shm/-journal files - the open database itself, typed for the output by mistake - is refused:
+    the export would replace it, the results be appended into it. `database`: the SQLite file the command
+    opens, which may not exist yet (a first `batch` makes it)."""
+    path = Path(path)
+    if path.is_dir():
+        raise BadInput(f"cannot write {path}: it is a directory")
+    base = path
+    for suffix in ("-wal", "-shm", "-journal"):
+        if path.name.endswith(suffix):
+            base = path.with_name(path.name[:-len(suffix)])
+    what = "a SQLite database" if base == path else f"a file of the SQLite database {base}"
+    refusal = BadInput(f"{path} is {what}: writing there would destroy it (choose another file)")
+    if database is not None and os.path.abspath(base) == os.path.abspath(database):
+        raise refusal
+    try:
+        if not stat.S_ISREG(os.stat(base).st_mode):  # a pipe, a device: nothing to read a header from
+            return
+        with open(base, "rb") as f:
+            header = f.read(len(SQLITE_HEADER))
+    except OSError:
+        return
+    if header == SQLITE_HEADER:
+        raise refusal
 
 
 @contextmanager
@@ -90,7 +121,6 @@ def export_threads(saver, threads: list[str], out: IO[str], counts: dict[str, in
 
     if not callable(getattr(out, "write", None)):
         raise BadInput(f"export writes to a file open for text (e.g. open('backup.jsonl', 'w')), not {out!r:.60}")
-    check_threads(threads)
     missing = [t for t in threads if t not in counts]
     if missing:
         raise ThreadNotFound(f"no thread {', '.join(repr(t) for t in missing)} in this database (see `threads`)")
@@ -278,7 +308,6 @@ def migrate(source, target, threads: list[str], counts: dict[str, int], exists: 
     from savers.compact import encrypted
     from savers.transfer import export_records, json_line
 
-    check_threads(threads)
     missing = [t for t in threads if t not in counts]
     if missing:
         raise ThreadNotFound(f"no thread {', '.join(repr(t) for t in missing)} in the source database (see "
