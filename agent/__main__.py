@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -97,8 +98,8 @@ def _guard(debug: bool, body: Callable[[], int], interrupted: str | None = None)
     try:
         code = body()
     except AgentError as exc:
-        if debug:
-            raise
+        if debug:  # the traceback, and still the documented exit code (re-raised, Python exits 1)
+            traceback.print_exc()
         _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         print(interrupted or "Interrupted.", file=sys.stderr)
@@ -280,14 +281,17 @@ def _exit_on_ctrl_c(progress: _Progress, thread: str, db: str) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
-def _open_agent(flags: dict[str, Any], create: bool = True, plaintext_ok: bool = False):
-    """An Agent from the command's flags (None where not given: config and defaults fill in)."""
+def _open_agent(flags: dict[str, Any], create: bool = True, plaintext_ok: bool = False, runs: bool = True):
+    """An Agent from the command's flags (None where not given: config and defaults fill in). `runs`: the
+    command may run the model (a command that only reads or moves threads needs no key or price for it)."""
     from agent.api import Agent
-    from agent.models import make_model
+    from agent.models import check_spec, make_model
 
     agent = Agent(create=create, plaintext_ok=plaintext_ok, **flags)
-    if agent.settings.model:
-        make_model(agent.settings.model)  # a missing API key is reported before the database is touched
+    if runs and agent.settings.model:  # reported before the database is touched
+        check_spec(agent.settings.model)
+        agent._core.check_price(agent.settings, agent.settings.model)
+        make_model(agent.settings.model)  # a missing API key
     if create:
         _note_new_file(agent.settings.db)
     return agent
@@ -364,7 +368,7 @@ def _read(db: str | None, debug: bool, body: Callable[[Any], None], interrupted:
     """A read-only command: open the database (never create it) and show something from it."""
 
     def run() -> int:
-        with _open_agent({"db": db}, create=False) as agent:
+        with _open_agent({"db": db}, create=False, runs=False) as agent:
             body(agent)
         return 0
 
@@ -758,7 +762,7 @@ def import_command(
         from agent.lifecycle import parse_renames
 
         renames = parse_renames(rename or [])
-        with _open_agent({"db": db}) as agent, _checkpoint_bar("import", quiet=as_json) as written:
+        with _open_agent({"db": db}, runs=False) as agent, _checkpoint_bar("import", quiet=as_json) as written:
             try:
                 report = agent.import_file(file, renames=renames, overwrite=overwrite, on_checkpoint=written)
             except KeyboardInterrupt as exc:
@@ -792,8 +796,8 @@ def migrate(
     def body() -> int:
         # The source may be a plaintext database even when AGENT_ENCRYPTION_KEY is set: that is how one
         # encrypts a database - migrate it into a new one with the key.
-        with _open_agent({"db": source}, create=False, plaintext_ok=True) as origin, \
-                _open_agent({"db": target}) as destination, _checkpoint_bar("migrate", quiet=as_json) as written:
+        with _open_agent({"db": source}, create=False, plaintext_ok=True, runs=False) as origin, \
+                _open_agent({"db": target}, runs=False) as destination, _checkpoint_bar("migrate", quiet=as_json) as written:
             report = origin.migrate_to(destination, threads_, written)
         if as_json:
             _print_json(report.to_dict())

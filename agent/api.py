@@ -118,6 +118,10 @@ class StateView:
                 "values": self.values}
 
 
+# A replay's graph input (_Core.graph_input).
+REPLAY = object()
+
+
 def task_error(snapshot) -> str | None:
     """The error a task of the snapshot's next step stopped with, if any. A cancelled task is no error: the run
     was stopped between steps (an asyncio timeout or cancel, as Ctrl+C is on the command line), and LangGraph
@@ -206,7 +210,8 @@ class _Core:
         elif db is not None or model is not None or overrides:
             settings = settings.model_copy(update={k: v for k, v in
                                                    {"db": db, "model": model, **overrides}.items() if v is not None})
-        if settings.model is not None:
+        if model is not None:  # named by the caller: checked at once. One from config or the environment is
+            # checked when a run uses it - a command that runs no model (history, export) must not need its key.
             check_spec(settings.model)
             self.check_price(settings, settings.model)
         self.create = create
@@ -356,7 +361,12 @@ class _Core:
 
     @staticmethod
     def graph_input(snapshot, graph_input: Any) -> Any:
-        """A thread paused at an interrupt (its budget ran out) goes on with a resume command, not plain None."""
+        """A thread paused at an interrupt (its budget ran out) goes on with a resume command, not plain None. A
+        replay does not: a resume command goes on from the checkpoint itself, where the thread already went on
+        (the one-writer rule refused it: WriterConflict); plain None makes LangGraph fork the checkpoint, and the
+        paused call checks the budget again."""
+        if graph_input is REPLAY:
+            return None
         if graph_input is None and snapshot is not None and getattr(snapshot, "interrupts", ()):
             from langgraph.types import Command
 
@@ -799,7 +809,7 @@ class Agent(_Base):
             snapshot = self._at(thread, checkpoint)
             self._core.replayable(thread, snapshot)
             config = self._core.run_config(thread, snapshot, "replay", _checkpoint_id(snapshot), fresh=fresh)
-            return self._run(config, None, snapshot, on_event, resuming=True)
+            return self._run(config, REPLAY, snapshot, on_event, resuming=True)
 
     def fork(self, thread: str, checkpoint: str, values: dict[str, Any], *, as_node: str | None = None,
              run: bool = True, fresh: bool = False, on_event: OnEvent | None = None) -> RunResult:
@@ -1095,7 +1105,7 @@ class AsyncAgent(_Base):
             snapshot = await self._at(thread, checkpoint)
             self._core.replayable(thread, snapshot)
             config = self._core.run_config(thread, snapshot, "replay", _checkpoint_id(snapshot), fresh=fresh)
-            return await self._run(config, None, snapshot, on_event, resuming=True)
+            return await self._run(config, REPLAY, snapshot, on_event, resuming=True)
 
     async def fork(self, thread: str, checkpoint: str, values: dict[str, Any], *, as_node: str | None = None,
                    run: bool = True, fresh: bool = False, on_event: OnEvent | None = None) -> RunResult:

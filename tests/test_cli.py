@@ -123,6 +123,27 @@ def test_an_export_or_batch_output_that_is_the_database_is_refused_and_the_datab
     assert refused.returncode == 2 and "cannot write pipe" in one_error_line(refused)
 
 
+def test_a_configured_model_is_needed_only_by_the_commands_that_run_it(cli):
+    """Found trying the README's configuration: with `model = "openai:gpt-4o-mini"` in agent.toml and no
+    OPENAI_API_KEY, every command refused ("OPENAI_API_KEY is not set"), `threads` and `export` too."""
+    assert cli("reason", QUESTION, "--thread", "t1").returncode == 0
+    (cli.cwd / "agent.toml").write_text('model = "openai:gpt-4o-mini"\nbudget = 1.0\n')
+    for args in (("threads",), ("history", "--thread", "t1"), ("show", "--thread", "t1"),
+                 ("export", "-o", "t1.jsonl"), ("prune", "--keep", "2", "--dry-run")):
+        assert cli(*args).returncode == 0, args
+    refused = cli("resume", "--thread", "t2")
+    assert refused.returncode == 2 and "OPENAI_API_KEY is not set" in one_error_line(refused)
+
+
+def test_debug_shows_the_traceback_and_keeps_the_exit_code(cli):
+    """Found trying the CLI: with --debug a known error was raised on, and Python exited 1 where the README
+    documents 2 (bad input) and 3 (busy)."""
+    assert cli("reason", QUESTION, "--thread", "t1").returncode == 0
+    shown = cli("show", "--thread", "nope", "--debug")
+    assert shown.returncode == 2 and "Traceback" in shown.stderr and "ThreadNotFound" in shown.stderr
+    assert shown.stderr.rstrip().splitlines()[-1].startswith("error: no thread 'nope'")
+
+
 def test_branch_to_an_empty_name_names_the_flag(cli):
     assert cli("reason", QUESTION, "--thread", "t1").returncode == 0
     head = json.loads(cli("history", "--thread", "t1", "--json").stdout)[-1]["checkpoint_id"]

@@ -75,6 +75,25 @@ def test_every_call_is_priced_and_a_budget_pauses_before_overspending(db_url, ll
     assert len(llm.requests) == calls + 4 - paid and done.usage.llm_calls == 4  # nothing paid for twice
 
 
+def test_a_checkpoint_where_a_budget_paused_the_run_replays_as_a_new_branch(db_url, llm):
+    """Found trying the CLI: a replay from the checkpoint where a budget paused the run went on with a resume
+    command, from that checkpoint itself, where the thread had already gone on once resumed: WriterConflict,
+    every time."""
+    with Agent(db=db_url, model=MODEL) as agent:
+        per_call = agent.reason(QUESTION, thread="priced").usage.cost_usd / 4
+    with Agent(db=db_url, model=MODEL, budget=per_call * 2.5) as agent:
+        assert agent.reason("What is 19*29+7?", thread="t1").status == "budget_exceeded"
+        paused_at = agent.history("t1")[-1]
+    with Agent(db=db_url, model=MODEL, budget=per_call * 20) as agent:
+        assert agent.resume("t1").answer == "558"
+        calls = len(llm.requests)
+        replayed = agent.replay("t1", paused_at.checkpoint_id)
+        assert (replayed.status, replayed.answer, replayed.error) == ("done", "558", None)
+        assert len(llm.requests) == calls  # the resumed run's replies, from the cache
+        forks = [r for r in agent.history("t1") if r.source == "fork"]
+        assert [r.parent_checkpoint_id for r in forks] == [paused_at.checkpoint_id]
+
+
 def test_a_budget_caps_the_whole_thread_not_each_branch(db_url, llm):
     """Found trying the CLI: three forks of a thread each ran under a budget the thread had passed in all,
     since each counted only its own branch's spend."""
