@@ -274,10 +274,12 @@ class _Core:
                                      prepare_threshold=self.settings.pg_prepare_threshold,
                                      pool_size=self.settings.pg_pool_size, **overrides)
 
-    def graph(self, spec: str):
-        """The compiled graph for a model spec, built once and shared by every thread of the service."""
+    def graph(self, spec: str, method: str | None = None):
+        """The compiled graph for a model spec and structured-output method (default: the settings'), built once
+        and shared by every thread of the service."""
+        method = method or self.settings.structured_output
         with self._lock:
-            if spec not in self._graphs:
+            if (spec, method) not in self._graphs:
                 from graphs.cot import build_graph
 
                 from graphs.ask import Price, Retry
@@ -285,15 +287,15 @@ class _Core:
                 price = self.settings.price_of(spec)
                 builder = build_graph(
                     make_model(spec),
-                    structured_output=self.settings.structured_output,
+                    structured_output=method,
                     max_revisions=self.settings.max_revisions,
                     cache=getattr(self.saver, "response_cache", None),
                     model_id=model_identity(spec),
                     retry=Retry(self.settings.max_retries, self.settings.retry_delay),
                     price=Price(price.input, price.output) if price else Price(),
                 )
-                self._graphs[spec] = builder.compile(checkpointer=self.checkpointer())
-            return self._graphs[spec]
+                self._graphs[(spec, method)] = builder.compile(checkpointer=self.checkpointer())
+            return self._graphs[(spec, method)]
 
     def checkpointer(self):
         """What graphs run on: the saver, through which an async-durability run counts its unsaved checkpoints."""
@@ -310,8 +312,8 @@ class _Core:
         return self.graph(DEFAULT_MODEL)
 
     @staticmethod
-    def config(thread: str, checkpoint: str | None = None, *, spec: str | None = None, run: str | None = None,
-               fresh: bool = False, budget: float | None = None,
+    def config(thread: str, checkpoint: str | None = None, *, spec: str | None = None, method: str | None = None,
+               run: str | None = None, fresh: bool = False, budget: float | None = None,
                metadata: dict[str, Any] | None = None) -> dict[str, Any]:
         configurable: dict[str, Any] = {"thread_id": thread, "checkpoint_ns": ""}
         if checkpoint:
@@ -322,8 +324,12 @@ class _Core:
             configurable["budget"] = budget  # read before each model call (graphs/ask.py)
         meta = dict(metadata or {})
         if spec:
-            # Recorded in every checkpoint's metadata, so `resume` uses the model the thread started with.
+            # Recorded in every checkpoint's metadata, so `resume` uses the model the thread started with - and
+            # the way it asked it for structured output: asked another way, a replay's requests differ from the
+            # stored ones, and are paid for again (or fail, on a server that knows one way only).
             meta["model"] = spec
+        if method:
+            meta["structured_output"] = method
         if run:
             meta["run"] = run  # which command made these checkpoints: reason, resume, replay, fork
         return {"configurable": configurable, "metadata": meta}
@@ -333,8 +339,8 @@ class _Core:
         """The config a run starts with: which model, which command, the budget in force."""
         spec = self.model_for(snapshot)
         self.check_price(self.settings, spec)
-        return self.config(thread, checkpoint, spec=spec, run=run, fresh=fresh, budget=self.settings.budget,
-                           metadata=metadata)
+        return self.config(thread, checkpoint, spec=spec, method=self.method_for(snapshot), run=run, fresh=fresh,
+                           budget=self.settings.budget, metadata=metadata)
 
     @staticmethod
     def with_spent_elsewhere(config: dict[str, Any], snapshot, checkpoints) -> dict[str, Any]:
@@ -372,6 +378,13 @@ class _Core:
 
             return Command(resume=True)
         return graph_input
+
+    def method_for(self, snapshot) -> str:
+        """The structured-output method of a run: the one set (flag, environment, agent.toml), else the one its
+        thread was run with, else the default."""
+        if "structured_output" in self.settings.model_fields_set or snapshot is None:
+            return self.settings.structured_output
+        return (snapshot.metadata or {}).get("structured_output") or self.settings.structured_output
 
     def model_for(self, snapshot) -> str:
         if self.settings.model:
@@ -764,7 +777,7 @@ class Agent(_Base):
             config = self._core.with_spent_elsewhere(
                 config, snapshot, list(self._core.saver.list(self._core.config(thread))))
         tracker = _EventTracker(on_event, snapshot, resuming=resuming)
-        graph = self._core.graph(config["metadata"]["model"])
+        graph = self._core.graph(config["metadata"]["model"], config["metadata"].get("structured_output"))
         error = None
         try:
             for mode, chunk in backpressure.stream(graph, self._core.graph_input(snapshot, graph_input), config,
@@ -1064,7 +1077,7 @@ class AsyncAgent(_Base):
             config = self._core.with_spent_elsewhere(
                 config, snapshot, [t async for t in self._core.saver.alist(self._core.config(thread))])
         tracker = _EventTracker(on_event, snapshot, resuming=resuming)
-        graph = self._core.graph(config["metadata"]["model"])
+        graph = self._core.graph(config["metadata"]["model"], config["metadata"].get("structured_output"))
         error = None
         try:
             async for mode, chunk in backpressure.astream(graph, self._core.graph_input(snapshot, graph_input),

@@ -104,6 +104,22 @@ def test_fork_takes_a_number_where_text_goes_as_its_text_and_refuses_an_empty_pl
     assert len(llm.requests) == 6
 
 
+def test_a_thread_is_replayed_the_way_its_model_was_asked_for_structured_output(db_url, llm):
+    """Found trying the CLI: run with --structured-output function_calling, a thread replayed without the flag
+    asked in JSON-schema form - other requests than the stored replies': paid for again."""
+    with Agent(db=db_url, model=MODEL, structured_output="function_calling") as agent:
+        assert agent.reason(QUESTION, thread="fc").answer == "20" and len(llm.requests) == 6
+        step0 = by_node(agent, "fc", "input")[-1]
+    with Agent(db=db_url) as agent:
+        assert agent.replay("fc", step0.checkpoint_id).answer == "20"
+        assert len(llm.requests) == 6  # every reply from the cache
+        assert agent.fork("fc", step0.checkpoint_id, {"question": "What is 6*7?"}).answer == "42"
+    assert {r.get("tools", [{}])[0].get("type") for r in llm.requests} == {"function"}  # never asked otherwise
+    with Agent(db=db_url, structured_output="json_schema") as agent:  # set now: it wins
+        assert agent.replay("fc", step0.checkpoint_id, fresh=True).answer == "20"
+    assert llm.requests[-1].get("response_format", {}).get("type") == "json_schema"
+
+
 def test_prune_keeps_the_replies_a_thread_paid_for(finished, llm):
     """prune rewrites a thread through an overwriting import, whose delete of the old thread took its replies
     from the reply cache too: a replay from a kept checkpoint paid for them again."""
