@@ -46,6 +46,13 @@ def make_model(spec: str) -> BaseChatModel:
             f"OPENAI_API_KEY is not set, so '{spec}' cannot be used: set it, "
             "or run with --model offline (no key, no network)"
         )
+    base_url = os.environ.get("OPENAI_BASE_URL", "")
+    if base_url:
+        from urllib.parse import urlparse
+
+        parts = urlparse(base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:  # else retried as a network fault
+            raise ModelError(f"OPENAI_BASE_URL '{base_url}' is not an http(s) URL (e.g. http://localhost:8000/v1)")
     from langchain_openai import ChatOpenAI
 
     # max_retries=0: the graph retries itself (graphs/ask.py), so that each retry shows in the progress.

@@ -133,6 +133,9 @@ def test_a_configured_model_is_needed_only_by_the_commands_that_run_it(cli):
         assert cli(*args).returncode == 0, args
     refused = cli("resume", "--thread", "t2")
     assert refused.returncode == 2 and "OPENAI_API_KEY is not set" in one_error_line(refused)
+    # and a base URL that is no URL is one line too (it was retried three times as a network fault, exit 1)
+    refused = cli("resume", "--thread", "t2", env={"OPENAI_API_KEY": "k", "OPENAI_BASE_URL": "notaurl"})
+    assert refused.returncode == 2 and "OPENAI_BASE_URL 'notaurl' is not an http(s) URL" in one_error_line(refused)
 
 
 def test_debug_shows_the_traceback_and_keeps_the_exit_code(cli):
