@@ -112,7 +112,9 @@ def _guard(debug: bool, body: Callable[[], int], interrupted: str | None = None)
     except Exception as exc:  # a bug or an unforeseen fault: still one line, unless asked for more
         from savers.errors import StorageError
 
-        if isinstance(exc, StorageError) and not debug:  # met while reading: a crafted or corrupt row
+        if isinstance(exc, StorageError):  # met while reading: a crafted or corrupt row
+            if debug:
+                traceback.print_exc()
             _fail(str(exc), AgentError.exit_code)
         if debug or os.environ.get("AGENT_DEBUG"):
             raise
@@ -285,13 +287,10 @@ def _open_agent(flags: dict[str, Any], create: bool = True, plaintext_ok: bool =
     """An Agent from the command's flags (None where not given: config and defaults fill in). `runs`: the
     command may run the model (a command that only reads or moves threads needs no key or price for it)."""
     from agent.api import Agent
-    from agent.models import check_spec, make_model
 
     agent = Agent(create=create, plaintext_ok=plaintext_ok, **flags)
-    if runs and agent.settings.model:  # reported before the database is touched
-        check_spec(agent.settings.model)
-        agent._core.check_price(agent.settings, agent.settings.model)
-        make_model(agent.settings.model)  # a missing API key
+    if runs:
+        agent._core.check_model()
     if create:
         _note_new_file(agent.settings.db)
     return agent

@@ -338,9 +338,18 @@ class _Core:
                    metadata: dict[str, Any] | None = None) -> dict[str, Any]:
         """The config a run starts with: which model, which command, the budget in force."""
         spec = self.model_for(snapshot)
+        check_spec(spec)
         self.check_price(self.settings, spec)
         return self.config(thread, checkpoint, spec=spec, method=self.method_for(snapshot), run=run, fresh=fresh,
                            budget=self.settings.budget, metadata=metadata)
+
+    def edit_config(self, thread: str, snapshot, metadata: dict[str, Any], run: bool) -> dict[str, Any]:
+        """The config a fork's edit is written with. When the fork runs on, its model is built first (spec, key,
+        base URL): an unusable one writes nothing, where it failed after the edit was stored."""
+        config = self.run_config(thread, snapshot, "fork", _checkpoint_id(snapshot), metadata=metadata)
+        if run:
+            self.graph(config["metadata"]["model"], config["metadata"]["structured_output"])
+        return config
 
     @staticmethod
     def with_spent_elsewhere(config: dict[str, Any], snapshot, checkpoints) -> dict[str, Any]:
@@ -378,6 +387,14 @@ class _Core:
 
             return Command(resume=True)
         return graph_input
+
+    def check_model(self) -> None:
+        """The configured model is usable - its spec, a price under a budget, its key and base URL - for a command
+        that runs it, before the database is touched."""
+        if self.settings.model:
+            check_spec(self.settings.model)
+            self.check_price(self.settings, self.settings.model)
+            make_model(self.settings.model)
 
     def method_for(self, snapshot) -> str:
         """The structured-output method of a run: the one set (flag, environment, agent.toml), else the one its
@@ -833,7 +850,7 @@ class Agent(_Base):
         with self._hold(_clean_thread(thread)):
             snapshot = self._at(thread, checkpoint)
             update, node, metadata = self._core.edit(snapshot, values, as_node)
-            config = self._core.run_config(thread, snapshot, "fork", _checkpoint_id(snapshot), metadata=metadata)
+            config = self._core.edit_config(thread, snapshot, metadata, run)
             edited = self._snapshot(thread, _checkpoint_id_of(self._core.reader().update_state(config, update, node)))
             if not run or not unfinished(edited):
                 return self._core.result(thread, edited)
@@ -1125,7 +1142,7 @@ class AsyncAgent(_Base):
         async with self._hold(_clean_thread(thread)):
             snapshot = await self._at(thread, checkpoint)
             update, node, metadata = self._core.edit(snapshot, values, as_node)
-            config = self._core.run_config(thread, snapshot, "fork", _checkpoint_id(snapshot), metadata=metadata)
+            config = self._core.edit_config(thread, snapshot, metadata, run)
             stored = await self._core.reader().aupdate_state(config, update, node)
             edited = await self._snapshot(thread, _checkpoint_id_of(stored))
             if not run or not unfinished(edited):

@@ -35,6 +35,23 @@ def model_identity(spec: str) -> str:
     return f"{spec}@{os.environ.get('OPENAI_BASE_URL') or 'https://api.openai.com/v1'}"
 
 
+def _check_base_url(url: str) -> None:
+    """One clear line for an OPENAI_BASE_URL that is no http(s) URL: the client retried it as a network fault,
+    or raised ValueError (a bad port, an unclosed IPv6 bracket). Its password, if any, is not repeated."""
+    import re
+    from urllib.parse import urlparse
+
+    try:
+        parts = urlparse(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        ok = parts.scheme in ("http", "https") and bool(parts.netloc)
+    except ValueError:
+        ok = False
+    if not ok:
+        shown = re.sub(r"//[^/@]*@", "//***@", url)
+        raise ModelError(f"OPENAI_BASE_URL '{shown}' is not an http(s) URL (e.g. http://localhost:8000/v1)")
+
+
 def make_model(spec: str) -> BaseChatModel:
     spec = check_spec(spec)
     if spec == "offline":
@@ -46,13 +63,8 @@ def make_model(spec: str) -> BaseChatModel:
             f"OPENAI_API_KEY is not set, so '{spec}' cannot be used: set it, "
             "or run with --model offline (no key, no network)"
         )
-    base_url = os.environ.get("OPENAI_BASE_URL", "")
-    if base_url:
-        from urllib.parse import urlparse
-
-        parts = urlparse(base_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:  # else retried as a network fault
-            raise ModelError(f"OPENAI_BASE_URL '{base_url}' is not an http(s) URL (e.g. http://localhost:8000/v1)")
+    if base_url := os.environ.get("OPENAI_BASE_URL", ""):
+        _check_base_url(base_url)
     from langchain_openai import ChatOpenAI
 
     # max_retries=0: the graph retries itself (graphs/ask.py), so that each retry shows in the progress.

@@ -192,6 +192,25 @@ def test_an_async_agent_used_from_another_event_loop_says_so(db_url):
     assert answers == ["2", "3"]  # its own loop went on as before
 
 
+def test_a_fork_whose_model_cannot_be_used_writes_nothing(db_url, monkeypatch):
+    """The configured model is checked when a run uses it (not when the Agent is made: reading needs no key),
+    so a fork checked it only after writing its edit, which then never ran."""
+    from agent import ModelError
+
+    with Agent(db=db_url, model="offline") as agent:
+        agent.reason("What is 2*3+4?", thread="t1")
+        rows = agent.history("t1")
+    for spec, message in (("openai:gpt-4o-mini", "OPENAI_API_KEY is not set"), ("bogus", "unknown model")):
+        monkeypatch.setenv("AGENT_MODEL", spec)  # and no OPENAI_API_KEY
+        with Agent(db=db_url) as agent:
+            with pytest.raises(ModelError, match=message):
+                agent.fork("t1", rows[2].checkpoint_id, {"question": "What is 6*7?"})
+            assert len(agent.history("t1")) == len(rows)
+    monkeypatch.setenv("AGENT_MODEL", "openai:gpt-4o-mini")
+    with Agent(db=db_url) as agent:  # a fork that runs nothing needs no key
+        assert agent.fork("t1", rows[2].checkpoint_id, {"question": "What is 6*7?"}, run=False).status == "interrupted"
+
+
 def test_open_saver_yields_a_ready_langgraph_saver(db_url):
     with savers.open_saver(db_url) as saver:
         assert isinstance(saver, BaseCheckpointSaver)

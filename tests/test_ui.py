@@ -155,6 +155,10 @@ def test_cli_refuses_a_public_host_without_token_and_a_taken_port(cli, tmp_path)
         taken.listen()
         busy = cli("ui", "--port", str(taken.getsockname()[1]), "--no-browser")
     assert busy.returncode == 2 and "choose another --port" in busy.stderr
+    # --write runs the configured model: one it cannot use is refused at start, not in every page that runs
+    unusable = cli("ui", "--write", "--no-browser", "--port", "0", env={"AGENT_MODEL": "bogus"})
+    assert unusable.returncode == 2 and "unknown model 'bogus'" in unusable.stderr
+    assert len(unusable.stderr.strip().splitlines()) == 1
 
 
 def test_preview_writes_nothing_then_fork_streams_progress(seeded):

@@ -71,7 +71,10 @@ async def _serve(db, sock, host, write, token, open_browser, announce) -> None:
     from agent.api import AsyncAgent
     from agent.ui.app import create_app
 
-    async with AsyncAgent(db=db, create=write) as agent:
+    agent = AsyncAgent(db=db, create=write)
+    if write:  # its runs need the configured model: refused now, in one line, not in every page that runs
+        agent._core.check_model()
+    async with agent:
         from agent.__main__ import _redact  # the CLI's own: a URL with its password masked
 
         label = _redact(agent.settings.db)
