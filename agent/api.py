@@ -210,13 +210,12 @@ class _Core:
         elif db is not None or model is not None or overrides:
             settings = settings.model_copy(update={k: v for k, v in
                                                    {"db": db, "model": model, **overrides}.items() if v is not None})
+        self.settings = settings
         if model is not None:  # named by the caller: checked at once. One from config or the environment is
             # checked when a run uses it - a command that runs no model (history, export) must not need its key.
-            check_spec(settings.model)
-            self.check_price(settings, settings.model)
+            self.check_spec_and_price(settings.model)
         self.create = create
         self.plaintext_ok = False
-        self.settings = settings
         self._saver: Any = None
         self._opening = False  # between opening() and opened(): a second entry is refused
         self._loop: asyncio.AbstractEventLoop | None = None  # an AsyncAgent's: the loop it was opened on
@@ -297,6 +296,10 @@ class _Core:
                 self._graphs[(spec, method)] = builder.compile(checkpointer=self.checkpointer())
             return self._graphs[(spec, method)]
 
+    def graph_for(self, config: dict[str, Any]):
+        """The graph a run's config names (run_config records its model and structured-output method)."""
+        return self.graph(config["metadata"]["model"], config["metadata"].get("structured_output"))
+
     def checkpointer(self):
         """What graphs run on: the saver, through which an async-durability run counts its unsaved checkpoints."""
         from savers.backpressure import BoundedSaver
@@ -338,8 +341,7 @@ class _Core:
                    metadata: dict[str, Any] | None = None) -> dict[str, Any]:
         """The config a run starts with: which model, which command, the budget in force."""
         spec = self.model_for(snapshot)
-        check_spec(spec)
-        self.check_price(self.settings, spec)
+        self.check_spec_and_price(spec)
         return self.config(thread, checkpoint, spec=spec, method=self.method_for(snapshot), run=run, fresh=fresh,
                            budget=self.settings.budget, metadata=metadata)
 
@@ -348,7 +350,7 @@ class _Core:
         base URL): an unusable one writes nothing, where it failed after the edit was stored."""
         config = self.run_config(thread, snapshot, "fork", _checkpoint_id(snapshot), metadata=metadata)
         if run:
-            self.graph(config["metadata"]["model"], config["metadata"]["structured_output"])
+            self.graph_for(config)
         return config
 
     @staticmethod
@@ -392,9 +394,12 @@ class _Core:
         """The configured model is usable - its spec, a price under a budget, its key and base URL - for a command
         that runs it, before the database is touched."""
         if self.settings.model:
-            check_spec(self.settings.model)
-            self.check_price(self.settings, self.settings.model)
+            self.check_spec_and_price(self.settings.model)
             make_model(self.settings.model)
+
+    def check_spec_and_price(self, spec: str) -> None:
+        check_spec(spec)
+        self.check_price(self.settings, spec)
 
     def method_for(self, snapshot) -> str:
         """The structured-output method of a run: the one set (flag, environment, agent.toml), else the one its
@@ -794,7 +799,7 @@ class Agent(_Base):
             config = self._core.with_spent_elsewhere(
                 config, snapshot, list(self._core.saver.list(self._core.config(thread))))
         tracker = _EventTracker(on_event, snapshot, resuming=resuming)
-        graph = self._core.graph(config["metadata"]["model"], config["metadata"].get("structured_output"))
+        graph = self._core.graph_for(config)
         error = None
         try:
             for mode, chunk in backpressure.stream(graph, self._core.graph_input(snapshot, graph_input), config,
@@ -1094,7 +1099,7 @@ class AsyncAgent(_Base):
             config = self._core.with_spent_elsewhere(
                 config, snapshot, [t async for t in self._core.saver.alist(self._core.config(thread))])
         tracker = _EventTracker(on_event, snapshot, resuming=resuming)
-        graph = self._core.graph(config["metadata"]["model"], config["metadata"].get("structured_output"))
+        graph = self._core.graph_for(config)
         error = None
         try:
             async for mode, chunk in backpressure.astream(graph, self._core.graph_input(snapshot, graph_input),
