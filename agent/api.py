@@ -798,8 +798,8 @@ class Agent(_Base):
         if "budget" in config["configurable"]:
             config = self._core.with_spent_elsewhere(
                 config, snapshot, list(self._core.saver.list(self._core.config(thread))))
+        graph = self._core.graph_for(config)  # first: a model it cannot use (no key) fails before "Resuming from"
         tracker = _EventTracker(on_event, snapshot, resuming=resuming)
-        graph = self._core.graph_for(config)
         error = None
         try:
             for mode, chunk in backpressure.stream(graph, self._core.graph_input(snapshot, graph_input), config,
@@ -1098,8 +1098,8 @@ class AsyncAgent(_Base):
         if "budget" in config["configurable"]:
             config = self._core.with_spent_elsewhere(
                 config, snapshot, [t async for t in self._core.saver.alist(self._core.config(thread))])
+        graph = self._core.graph_for(config)  # first: a model it cannot use (no key) fails before "Resuming from"
         tracker = _EventTracker(on_event, snapshot, resuming=resuming)
-        graph = self._core.graph_for(config)
         error = None
         try:
             async for mode, chunk in backpressure.astream(graph, self._core.graph_input(snapshot, graph_input),

@@ -136,6 +136,13 @@ def test_a_configured_model_is_needed_only_by_the_commands_that_run_it(cli):
     # and a base URL that is no URL is one line too (it was retried three times as a network fault, exit 1)
     refused = cli("resume", "--thread", "t2", env={"OPENAI_API_KEY": "k", "OPENAI_BASE_URL": "notaurl"})
     assert refused.returncode == 2 and "OPENAI_BASE_URL 'notaurl' is not an http(s) URL" in one_error_line(refused)
+    (cli.cwd / "agent.toml").unlink()
+    assert cli("reason", QUESTION, "--thread", "o1", "--model", "openai:gpt-4o-mini",
+               env={"OPENAI_API_KEY": "k", "OPENAI_BASE_URL": "http://127.0.0.1:1/v1", "AGENT_MAX_RETRIES": "0"}
+               ).returncode == 1  # a thread of that model, cut short
+    refused = cli("resume", "--thread", "o1")  # its recorded model, and no key now
+    assert refused.returncode == 2 and "OPENAI_API_KEY is not set" in one_error_line(refused)
+    assert refused.stdout == ""  # it printed "Resuming from checkpoint ..." before it failed
 
 
 def test_debug_shows_the_traceback_and_keeps_the_exit_code(cli):
